@@ -1,0 +1,134 @@
+"""StreamingAutoEncoder: one frame in, one forward/backward/step, metrics out."""
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from loss import reconstruction_loss
+from monitoring import PerformanceMonitor, TensorBoardLogger
+from model import Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
+from optim import OPTIMIZERS, make_optimizer, sparse_init_model_
+from utils import keep_freed_memory, preprocess_frame
+
+MAX_GRAD_NORM = 1.0
+
+
+class StreamingAutoEncoder(nn.Module):
+    """Encoder, decoder, change detector and their optimizer, updated one frame at a time."""
+
+    def __init__(
+        self,
+        config: ModelConfig = ModelConfig(),
+        optimizer: str = "obgd",
+        lr: float | None = None,
+        change_weight: float = 4.0,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        keep_freed_memory()
+        self.config = config
+        self.change_weight = change_weight
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.change_detector = PixelChangeDetector() if config.use_change_detector else None
+        sparse_init_model_(self)
+        self.to(device, memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.optimizer_name = optimizer
+        self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
+        self.optimizer = make_optimizer(optimizer, self.parameters(), self.lr)
+        self.step = 0
+        self.logger = None
+        self.performance = PerformanceMonitor()
+
+    def compression_ratios(self) -> dict[str, float]:
+        return compression_ratios(self.config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        latents = self.encoder(x)
+        return self.decoder(latents), latents
+
+    def update_params(self, frame: np.ndarray | torch.Tensor, debug: bool = False) -> dict:
+        """Learn from one frame: forward, loss, backward, clip at 1.0, one optimizer step.
+
+        Metrics are prequential: scored on this frame before the update. Nothing here
+        waits for the device unless `debug=True` (then the timing is synchronised).
+        A non-finite loss or gradient skips the update: ObGD gets delta = 0 and a zero
+        gradient, Adam and SGD their fused `found_inf` flag; `skipped` reports it.
+        """
+        start = time.perf_counter()
+        x = preprocess_frame(frame, self.device)
+        mask = self.change_detector(x) if self.change_detector is not None else torch.zeros_like(x[:, :1])
+        reconstruction, latents = self(x)
+        pixel_weight = 1.0 + self.change_weight * mask if self.change_detector is not None else None
+        parts = reconstruction_loss(reconstruction, x, pixel_weight)
+
+        self.optimizer.zero_grad(set_to_none=False)
+        parts["loss"].backward()
+        params = [p for p in self.parameters() if p.grad is not None]
+        grad_norm = nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
+        finite = torch.isfinite(parts["loss"]) & torch.isfinite(grad_norm)
+        for p in params:
+            p.grad.copy_(torch.where(finite, p.grad, 0.0))
+        step_size = self._optimizer_step(finite)
+
+        if debug and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        fps, step_ms = self.performance.tick(start)
+        self.step += 1
+        results = {
+            **{k: v.detach() for k, v in parts.items()},
+            "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
+            "reconstruction": reconstruction.detach(),
+            "embeddings": [z.detach() for z in latents],
+            "change_mask": mask,
+            "input": x,
+            "step": self.step,
+            "fps": fps,
+            "step_ms": step_ms,
+            "step_size": step_size,
+            "skipped": ~finite,
+        }
+        if debug:
+            results = {k: v.item() if torch.is_tensor(v) and v.dim() == 0 else v for k, v in results.items()}
+        if self.logger is not None:
+            self.logger.log_step(results, self)
+        return results
+
+    def _optimizer_step(self, finite: torch.Tensor) -> torch.Tensor:
+        if self.optimizer_name in ("adam", "sgd"):
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            return torch.tensor(self.lr)
+        return self.optimizer.step(delta=finite.float())
+
+    def architecture(self) -> dict:
+        """What a checkpoint must match to be loaded into this model."""
+        return {**asdict(self.config), "optimizer": self.optimizer_name}
+
+
+def create_streaming_ae(
+    input_channels: int = 3,
+    latent_channels: int = 3,
+    lr: float | None = None,
+    debug_vis: bool = False,
+    use_tensorboard: bool = False,
+    log_dir: str | None = None,
+    optimizer: str = "obgd",
+    device: torch.device | str = "cpu",
+    **config_overrides,
+) -> StreamingAutoEncoder:
+    """Build the default model; optionally attach a TensorBoard logger to it.
+
+    `debug_vis` adds feature-map images to the logger's throttled image logging.
+    """
+    if input_channels != 3:
+        raise ValueError("the model takes RGB frames: input_channels must be 3")
+    config = ModelConfig(latent_channels=latent_channels, **config_overrides)
+    model = StreamingAutoEncoder(config, optimizer=optimizer, lr=lr, device=device)
+    if use_tensorboard:
+        model.logger = TensorBoardLogger(log_dir or "runs/streaming_ae", feature_maps=debug_vis)
+    return model

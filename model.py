@@ -1,0 +1,215 @@
+"""The network: a three-branch convolutional encoder and a fused decoder.
+
+Every named part has a single role and a switch in `ModelConfig`:
+
+- LayerNormalization: parameter-free normalisation after each encoder convolution,
+  which keeps activations on one scale as the frame statistics drift (as in the
+  streaming-RL paper, where it is what makes large streaming steps safe).
+- ResidualBlock: extra depth at the widest encoder stage and in the decoder trunk,
+  with an identity path so gradients reach the stem undamped.
+- TransformerBlock: global self-attention over the fused decoder features, so a
+  pixel can use context from the whole screen (score bars, mirrored layouts).
+- PixelChangeDetector: |frame_t - frame_t-1| against an adaptive threshold; its mask
+  weights the loss towards moving objects (a ball is a few pixels that plain MSE
+  ignores). It sees input frames only, so it never feeds the decoder.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils import FRAME_SIZE, compute_frame_difference
+
+BRANCH_KERNELS = (3, 5, 7)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_channels: int = 3
+    small_latent_channels: int = 2  # the 5x5 and 7x7 branches, fixed by the spec
+    encoder_widths: tuple[int, int] = (8, 16)
+    decoder_width: int = 32
+    fused_size: int = 28
+    use_layer_norm: bool = True
+    use_residual: bool = True
+    use_transformer: bool = True
+    use_change_detector: bool = True
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """Latent (C, H, W) per branch: three stride-2 no-padding convolutions."""
+        shapes = []
+        for i, k in enumerate(BRANCH_KERNELS):
+            size = FRAME_SIZE
+            for _ in range(3):
+                size = (size - k) // 2 + 1
+            shapes.append((self.latent_channels if i == 0 else self.small_latent_channels, size, size))
+        return shapes
+
+
+def compression_ratios(config: ModelConfig) -> dict[str, float]:
+    """Input values (224*224*3) per latent value, per branch and for all three."""
+    pixels = FRAME_SIZE * FRAME_SIZE * 3
+    sizes = [c * h * w for c, h, w in config.latent_shapes()]
+    ratios = {f"{k}x{k}": pixels / n for k, n in zip(BRANCH_KERNELS, sizes)}
+    ratios["all"] = pixels / sum(sizes)
+    return ratios
+
+
+class LayerNormalization(nn.Module):
+    """Parameter-free layer norm over (C, H, W) of each sample: no learned affine."""
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[1:], eps=self.eps)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(x))): two 3x3 same-size convolutions with a skip path."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention and MLP over the H*W positions of a feature map.
+
+    Keys and values come from a 2x2 average-pooled map, which cuts the attention
+    cost fourfold while every query still sees the whole screen.
+    """
+
+    def __init__(self, channels: int, heads: int = 2, mlp_ratio: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(channels, elementwise_affine=False)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(channels, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.norm2 = nn.LayerNorm(channels, elementwise_affine=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, mlp_ratio * channels), nn.LeakyReLU(), nn.Linear(mlp_ratio * channels, channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        pooled = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)
+        q = self.q(self.norm1(tokens))
+        k, v = self.kv(self.norm1(pooled)).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, c // self.heads)).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        tokens = tokens + self.proj(attended)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+class PixelChangeDetector(nn.Module):
+    """Change mask from |frame_t - frame_t-1| with an adaptive threshold.
+
+    The threshold is mean + `sensitivity` * std of the current difference map,
+    floored at `min_threshold` so sensor-free Atari frames with no motion give an
+    empty mask. It keeps the previous frame as a buffer; the first frame has no
+    change. Everything stays on the device (no host sync).
+    """
+
+    def __init__(self, sensitivity: float = 2.0, min_threshold: float = 0.02):
+        super().__init__()
+        self.sensitivity = sensitivity
+        self.min_threshold = min_threshold
+        self.register_buffer("previous", torch.empty(0), persistent=False)
+
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        if self.previous.shape != frame.shape:
+            self.previous = frame.detach().clone()
+        diff = compute_frame_difference(frame, self.previous)
+        self.previous = frame.detach().clone()
+        threshold = torch.clamp(diff.mean() + self.sensitivity * diff.std(), min=self.min_threshold)
+        return (diff > threshold).to(frame.dtype)
+
+
+def _conv_stage(c_in: int, c_out: int, kernel: int, layer_norm: bool) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride=2)]
+    if layer_norm:
+        layers.append(LayerNormalization())
+    layers.append(nn.LeakyReLU())
+    return nn.Sequential(*layers)
+
+
+class EncoderBranch(nn.Module):
+    """Three stride-2 no-padding k x k convolutions: 224 -> latent (C, s, s)."""
+
+    def __init__(self, kernel: int, latent_channels: int, config: ModelConfig):
+        super().__init__()
+        w1, w2 = config.encoder_widths
+        self.stage1 = _conv_stage(3, w1, kernel, config.use_layer_norm)
+        self.stage2 = _conv_stage(w1, w2, kernel, config.use_layer_norm)
+        self.to_latent = nn.Conv2d(w2, latent_channels, kernel, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_latent(self.stage2(self.stage1(x)))
+
+
+class Encoder(nn.Module):
+    """Three parallel branches (3x3, 5x5, 7x7 kernels), one latent each."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        shapes = config.latent_shapes()
+        self.branches = nn.ModuleList(
+            EncoderBranch(k, shape[0], config) for k, shape in zip(BRANCH_KERNELS, shapes)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [branch(x) for branch in self.branches]
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The widest feature map of each branch, for visualisation."""
+        return {f"{k}x{k}": b.stage2(b.stage1(x)) for k, b in zip(BRANCH_KERNELS, self.branches)}
+
+
+class _Upsample(nn.Sequential):
+    """Sub-pixel upsampling: a 3x3 conv to factor^2 * c_out channels, then PixelShuffle."""
+
+    def __init__(self, c_in: int, c_out: int, factor: int = 2):
+        super().__init__(nn.Conv2d(c_in, factor * factor * c_out, 3, padding=1), nn.PixelShuffle(factor))
+
+
+class Decoder(nn.Module):
+    """Per-branch heads, a learned fusion, and a sub-pixel upsampling trunk.
+
+    Each latent gets its own 3x3 conv, is resized bilinearly to `fused_size`, and the
+    three are fused by a 1x1 conv over their concatenation. The trunk upsamples
+    28 -> 56 -> 112 -> 224 with PixelShuffle, so no convolution runs at 224x224
+    (full-resolution layers dominate the cost). It sees the latents only.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        width = config.decoder_width
+        self.fused_size = config.fused_size
+        self.heads = nn.ModuleList(nn.Conv2d(c, width, 3, padding=1) for c, _, _ in config.latent_shapes())
+        self.fuse = nn.Conv2d(3 * width, width, 1)
+        self.residual = ResidualBlock(width) if config.use_residual else nn.Identity()
+        self.transformer = TransformerBlock(width) if config.use_transformer else nn.Identity()
+        self.up = _Upsample(width, width // 2)
+        self.to_rgb = _Upsample(width // 2, 3, factor=4)
+
+    def forward(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        size = (self.fused_size, self.fused_size)
+        branches = [
+            F.interpolate(F.leaky_relu(head(z)), size=size, mode="bilinear", align_corners=False)
+            for head, z in zip(self.heads, latents)
+        ]
+        x = F.leaky_relu(self.fuse(torch.cat(branches, dim=1)))
+        x = self.transformer(self.residual(x))
+        x = F.leaky_relu(self.up(x))
+        return torch.sigmoid(self.to_rgb(x))

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from loss import luma, reconstruction_loss, ssim
+
+
+def test_loss_is_zero_for_identical_images():
+    image = torch.rand(1, 3, 224, 224)
+    parts = reconstruction_loss(image, image.clone())
+    assert parts["loss"].item() == pytest.approx(0.0, abs=1e-6)
+    assert parts["ssim"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ssim_matches_scikit_image(channels):
+    rng = np.random.default_rng(0)
+    x = rng.random((channels, 64, 80))
+    y = np.clip(x + rng.normal(0, 0.2, x.shape), 0, 1)
+    expected = structural_similarity(
+        x, y, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, channel_axis=0
+    )
+    ours = ssim(torch.from_numpy(x).unsqueeze(0), torch.from_numpy(y).unsqueeze(0)).item()
+    assert ours == pytest.approx(expected, abs=1e-6)
+    assert 0.1 < ours < 0.9  # a real, non-trivial pair
+
+
+def test_ssim_uses_data_range_one_not_255():
+    x = torch.full((1, 1, 32, 32), 0.2)
+    y = torch.full((1, 1, 32, 32), 0.6)
+    c1 = 0.01**2
+    assert ssim(x, y).item() == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-4)
+
+
+def test_loss_weights_are_mse_half_l1_tenth_ssim():
+    x = torch.rand(1, 3, 64, 64)
+    y = torch.rand(1, 3, 64, 64)
+    parts = reconstruction_loss(x, y)
+    expected = parts["mse"] + 0.5 * parts["l1"] + 0.1 * (1 - parts["ssim"])
+    assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["ssim"].item() == pytest.approx(ssim(luma(x), luma(y)).item())
+
+
+def test_pixel_weight_reweights_the_loss_but_not_the_metrics():
+    x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    weight = torch.ones(1, 1, 64, 64)
+    weight[..., :8, :8] = 5
+    plain, weighted = reconstruction_loss(x, y), reconstruction_loss(x, y, weight)
+    assert weighted["mse"].item() == plain["mse"].item()
+    assert weighted["loss"].item() != pytest.approx(plain["loss"].item(), rel=1e-4)

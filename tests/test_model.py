@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from autoencoder import create_streaming_ae
+from model import Decoder, Encoder, LayerNormalization, ModelConfig, PixelChangeDetector, compression_ratios
+from utils import preprocess_frame
+
+SPEC_SHAPES = [(3, 27, 27), (2, 25, 25), (2, 23, 23)]
+
+
+def test_latent_shapes_for_real_breakout_and_pacman_frames(breakout_frames, pacman_frame):
+    assert breakout_frames[0].shape == (210, 160, 3)
+    assert pacman_frame.shape == (250, 160, 3)
+    encoder = Encoder(ModelConfig())
+    for frame in (breakout_frames[0], pacman_frame):
+        latents = encoder(preprocess_frame(frame))
+        assert [tuple(z.shape[1:]) for z in latents] == SPEC_SHAPES
+
+
+def test_latent_channels_flag_changes_only_the_3x3_branch():
+    latents = Encoder(ModelConfig(latent_channels=5))(torch.rand(1, 3, 224, 224))
+    assert [tuple(z.shape[1:]) for z in latents] == [(5, 27, 27), (2, 25, 25), (2, 23, 23)]
+
+
+def test_compression_ratios_are_the_honest_counts():
+    ratios = compression_ratios(ModelConfig())
+    assert round(ratios["3x3"], 1) == 68.8
+    assert round(ratios["5x5"], 1) == 120.4
+    assert round(ratios["7x7"], 1) == 142.3
+    assert round(ratios["all"], 1) == 33.5
+    assert sum(c * h * w for c, h, w in ModelConfig().latent_shapes()) == 4495
+
+
+def test_decoder_sees_only_latents_and_outputs_a_224_image_in_0_1():
+    decoder = Decoder(ModelConfig())
+    latents = [torch.randn(1, *shape) for shape in SPEC_SHAPES]
+    out = decoder(latents)
+    assert out.shape == (1, 3, 224, 224)
+    assert 0.0 <= out.min().item() and out.max().item() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "switch", ["use_layer_norm", "use_residual", "use_transformer", "use_change_detector"]
+)
+def test_each_named_part_can_be_switched_off(switch):
+    on = create_streaming_ae()
+    off = create_streaming_ae(**{switch: False})
+    assert sum(p.numel() for p in off.parameters()) <= sum(p.numel() for p in on.parameters())
+    names = {type(m).__name__ for m in off.modules()}
+    part = {"use_layer_norm": "LayerNormalization", "use_residual": "ResidualBlock",
+            "use_transformer": "TransformerBlock", "use_change_detector": "PixelChangeDetector"}[switch]
+    assert part in {type(m).__name__ for m in on.modules()}
+    assert part not in names
+    results = off.update_params(torch.rand(1, 3, 224, 224))
+    assert results["reconstruction"].shape == (1, 3, 224, 224)
+
+
+def test_layer_normalization_is_parameter_free_and_normalises():
+    norm = LayerNormalization()
+    assert not list(norm.parameters())
+    y = norm(torch.randn(2, 4, 9, 9) * 5 + 3)
+    assert torch.allclose(y.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(y.std(dim=(1, 2, 3), unbiased=False), torch.ones(2), atol=1e-3)
+
+
+def test_change_detector_marks_the_moved_object_only():
+    detector = PixelChangeDetector()
+    frame = torch.zeros(1, 3, 224, 224)
+    assert detector(frame).sum() == 0  # first frame: nothing to compare with
+    moved = frame.clone()
+    moved[..., 100:104, 50:54] = 1.0
+    mask = detector(moved)
+    assert mask.shape == (1, 1, 224, 224)
+    assert mask[..., 100:104, 50:54].all()
+    assert mask.sum() == 16
+    assert detector(moved).sum() == 0  # a still frame has no change
