@@ -14,24 +14,31 @@ import torch
 from torch import nn
 
 
-class ObGD(torch.optim.Optimizer):
+class ObGD:
     """The reference rule, for a loss gradient and a pseudo-error `delta` (default 1).
 
     z <- gamma*lamda*z + grad               (per parameter, the eligibility trace)
     M = lr * kappa * max(|delta|, 1) * sum|z|  (over all parameters)
     step = lr / M if M > 1 else lr
     theta <- theta - step * delta * z
+
+    It keeps torch.optim's interface (`param_groups`, `state`, `zero_grad`,
+    `state_dict`) without subclassing `torch.optim.Optimizer`, whose first use
+    imports torch._dynamo: ten seconds of start-up on a small CPU.
     """
 
     def __init__(self, params, lr: float = 1.0, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0):
-        super().__init__(params, dict(lr=lr, gamma=gamma, lamda=lamda, kappa=kappa))
-        self.last_step_size = torch.zeros(())
+        self.params = [p for p in params if p.requires_grad]
+        self.param_groups = [dict(params=self.params, lr=lr, gamma=gamma, lamda=lamda, kappa=kappa)]
+        self.state = {p: {"trace": torch.zeros_like(p)} for p in self.params}
 
     @torch.no_grad()
     def step(self, delta: float | torch.Tensor = 1.0) -> torch.Tensor:
         """One update; returns the effective step size as a 0-d device tensor."""
         group = self.param_groups[0]
-        params, grads, traces = self._gather()
+        params = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params]
+        traces = [self.state[p]["trace"] for p in params]
         torch._foreach_mul_(traces, group["gamma"] * group["lamda"])
         torch._foreach_add_(traces, grads)
         delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
@@ -39,23 +46,33 @@ class ObGD(torch.optim.Optimizer):
         bound = group["lr"] * group["kappa"] * torch.clamp(delta.abs(), min=1.0) * trace_l1
         step_size = group["lr"] / torch.clamp(bound, min=1.0)
         torch._foreach_add_(params, torch._foreach_mul(traces, -step_size * delta))
-        self.last_step_size = step_size
         return step_size
 
-    def _gather(self):
-        """Parameters with a gradient, their gradients and traces (created lazily)."""
-        params, grads, traces = [], [], []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "trace" not in state:
-                    state["trace"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                traces.append(state["trace"])
-        return params, grads, traces
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.zero_()
+
+    def state_dict(self) -> dict:
+        """torch.optim's layout: traces by parameter index, hyper-parameters in param_groups."""
+        hyper = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {
+            "state": {i: {"trace": self.state[p]["trace"]} for i, p in enumerate(self.params)},
+            "param_groups": [{**hyper, "params": list(range(len(self.params)))}],
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict["state"]
+        if set(saved) != set(range(len(self.params))):
+            raise ValueError("optimizer state does not match the model's parameters")
+        for i, p in enumerate(self.params):
+            self.state[p]["trace"].copy_(saved[i]["trace"])
+        hyper = {k: v for k, v in state_dict["param_groups"][0].items() if k != "params"}
+        self.param_groups[0].update(hyper)
 
 
 @torch.no_grad()
