@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -155,7 +156,9 @@ def load_checkpoint(path: Path) -> dict:
     if path.stat().st_size == 0:
         raise UsageError(f"checkpoint {path} is empty; {start_over}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files
         text = str(error).lower()
         if "weights_only" in text or "unsupported global" in text or "unpickl" in text:
@@ -244,7 +247,7 @@ class Viewer:
         self.cv2 = cv2
         self.game = game
         self.scale = scale
-        cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_AUTOSIZE)
+        cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
 
     def show(self, results: dict, fps: float) -> bool:
         """Draw one frame; False when the user asked to quit (q, Esc, window closed)."""

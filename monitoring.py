@@ -122,7 +122,7 @@ class TensorBoardLogger:
 
     def log_images(self, results: dict, model) -> None:
         step = results["step"]
-        pair = torch.cat([results["input"][0], results["reconstruction"][0]], dim=2).clamp(0, 1)
+        pair = torch.cat([results["input"][0], results["reconstruction"][0]], dim=2).nan_to_num(0).clamp(0, 1)
         self.writer.add_image("frames/input_reconstruction", pair, step)
         self.writer.add_image("frames/change_mask", results["change_mask"][0], step)
         if self.feature_maps:

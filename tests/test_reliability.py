@@ -1,0 +1,160 @@
+"""Nothing lost under signals, crashes, bad checkpoints and bad input: real main.py runs."""
+
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import main
+from autoencoder import StreamingAutoEncoder, create_streaming_ae
+from helpers import checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
+from model import ModelConfig
+
+HEADLESS = ["--window", "off", "--game", "Breakout", "--seed", "5"]
+
+
+def _started(process) -> bool:
+    """Block until the run printed its log folder line (training starts right after)."""
+    return wait_for(lambda: "log folder" in process.stdout.readline(), 120, interval=0)
+
+
+def _last_logged_step(log_dir: Path) -> int:
+    return read_scalars(log_dir).Scalars("loss/total")[-1].step
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_flushes_and_exits_zero(tmp_path, sig):
+    process = start_main([*HEADLESS, "--save-every", "100000", "--log-dir", "runs/r"], tmp_path)
+    assert _started(process)
+    time.sleep(4)
+    signal_group(process, sig)
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    step = checkpoint_step(tmp_path / "quick_demo_model.pth")
+    assert step > 0
+    assert _last_logged_step(tmp_path / "runs" / "r") == step
+    assert f"stopped by {sig.name}" in process.stdout.read()
+
+
+def test_a_double_ctrl_c_never_breaks_the_save(tmp_path):
+    process = start_main([*HEADLESS, "--save-every", "100000", "--log-dir", "runs/r"], tmp_path)
+    assert _started(process)
+    time.sleep(4)
+    signal_group(process, signal.SIGINT)
+    time.sleep(0.05)
+    signal_group(process, signal.SIGINT)
+    time.sleep(0.05)
+    signal_group(process, signal.SIGINT)
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    step = checkpoint_step(tmp_path / "quick_demo_model.pth")
+    assert step > 0 and _last_logged_step(tmp_path / "runs" / "r") == step
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
+    checkpoint = tmp_path / "quick_demo_model.pth"
+    last = 0
+    for delay in (0.5, 1.7, 3.1):
+        process = start_main([*HEADLESS, "--save-every", "1"], tmp_path)
+        assert _started(process)
+        wait_for(lambda: checkpoint.exists() and checkpoint_step(checkpoint) > last, 60)
+        time.sleep(delay)
+        signal_group(process, signal.SIGKILL)
+        process.wait(timeout=30)
+        step = checkpoint_step(checkpoint)
+        assert step > last
+        last = step
+    resumed = run_main([*HEADLESS, "--steps", str(last + 3)], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from quick_demo_model.pth at step {last}" in resumed.stdout
+    assert checkpoint_step(checkpoint) == last + 3
+
+
+class _RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _valid_checkpoint(path: Path, model: StreamingAutoEncoder | None = None) -> None:
+    config, _ = main.parse_args(["--seed", "1", "--game", "Breakout"])
+    main.save_checkpoint(path, model or create_streaming_ae(), config, "Breakout", "runs/x")
+
+
+def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
+    if kind == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        _valid_checkpoint(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "foreign":
+        torch.save(nn.Linear(3, 3).state_dict(), path)
+    elif kind == "incompatible":
+        _valid_checkpoint(path, StreamingAutoEncoder(ModelConfig(encoder_widths=(4, 8))))
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["architecture"]["encoder_widths"] = ModelConfig().encoder_widths
+        torch.save(checkpoint, path)
+    elif kind == "code":
+        with open(path, "wb") as file:
+            pickle.dump({"model": _RunsCode(str(marker))}, file)
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "code"])
+def test_a_bad_checkpoint_is_refused_in_one_line_and_left_untouched(tmp_path, kind):
+    path, marker = tmp_path / "quick_demo_model.pth", tmp_path / "code_ran"
+    _bad_checkpoint(kind, path, marker)
+    before = path.read_bytes()
+    result = run_main([*HEADLESS, "--steps", "5"], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "--fresh" in lines[0] and "checkpoint" in lines[0]
+    assert path.read_bytes() == before
+    assert not marker.exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def _flag_cases():
+    cases = [
+        ("negative steps", ["--steps", "-1"], "--steps"),
+        ("unknown device", ["--device", "tpu"], "--device"),
+        ("log folder under a file", ["--log-dir", "afile/runs"], "afile"),
+        ("checkpoint under a file", ["--checkpoint", "afile/c.pth"], "afile"),
+        ("unknown optimizer", ["--optimizer", "lbfgs"], "--optimizer"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(("cuda without a GPU", ["--device", "cuda"], "CUDA"))
+    return cases
+
+
+@pytest.mark.parametrize("name, flags, named", _flag_cases(), ids=[c[0] for c in _flag_cases()])
+def test_bad_flags_exit_2_before_anything_is_touched(tmp_path, name, flags, named):
+    (tmp_path / "afile").write_text("a regular file")
+    _valid_checkpoint(tmp_path / "quick_demo_model.pth")
+    before = (tmp_path / "quick_demo_model.pth").read_bytes()
+    result = run_main(["--window", "off", *flags], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert (tmp_path / "quick_demo_model.pth").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "quick_demo_model.pth"]
+
+
+def test_skipped_updates_are_counted_in_tensorboard(tmp_path, breakout_frames):
+    torch.manual_seed(0)
+    model = create_streaming_ae(use_tensorboard=True, log_dir=str(tmp_path))
+    model.update_params(breakout_frames[0])
+    poisoned = torch.full((1, 3, 224, 224), float("nan"))
+    results = model.update_params(poisoned)
+    model.update_params(breakout_frames[1])
+    model.logger.close(results, model)
+    skipped = [(e.step, e.value) for e in read_scalars(tmp_path).Scalars("optim/skipped")]
+    assert skipped == [(1, 0.0), (2, 1.0), (3, 0.0)]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
