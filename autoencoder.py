@@ -22,7 +22,7 @@ class StreamingAutoEncoder(nn.Module):
     def __init__(
         self,
         config: ModelConfig = ModelConfig(),
-        optimizer: str = "obgd",
+        optimizer: str = "obgd-adaptive",
         lr: float | None = None,
         change_weight: float = 4.0,
         device: torch.device | str = "cpu",
@@ -37,12 +37,35 @@ class StreamingAutoEncoder(nn.Module):
         sparse_init_model_(self)
         self.to(device, memory_format=torch.channels_last)
         self.device = torch.device(device)
+        self.flat_params = self._flatten_parameters()
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
-        self.optimizer = make_optimizer(optimizer, self.parameters(), self.lr)
+        self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr)
         self.step = 0
         self.logger = None
         self.performance = PerformanceMonitor()
+
+    def _flatten_parameters(self) -> torch.Tensor:
+        """Make every parameter and its gradient a view into one flat buffer each.
+
+        Clipping, the finite check and the optimizer then run as a few whole-model
+        kernels instead of a loop over ~60 small tensors. The views keep each
+        parameter's own strides (channels_last); autograd accumulates into them in
+        place. The model must not be moved to another device afterwards.
+        """
+        params = list(self.parameters())
+        total = sum(p.numel() for p in params)
+        flat = torch.empty(total, device=self.device).requires_grad_()
+        flat.grad = torch.zeros_like(flat)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                view = torch.as_strided(flat.detach(), p.shape, p.stride(), offset)
+                view.copy_(p)
+                p.data = view
+                p.grad = torch.as_strided(flat.grad, p.shape, p.stride(), offset)
+                offset += p.numel()
+        return flat
 
     def compression_ratios(self) -> dict[str, float]:
         return compression_ratios(self.config)
@@ -61,19 +84,9 @@ class StreamingAutoEncoder(nn.Module):
         """
         start = time.perf_counter()
         x = preprocess_frame(frame, self.device)
-        mask = self.change_detector(x) if self.change_detector is not None else torch.zeros_like(x[:, :1])
-        reconstruction, latents = self(x)
-        pixel_weight = 1.0 + self.change_weight * mask if self.change_detector is not None else None
-        parts = reconstruction_loss(reconstruction, x, pixel_weight)
-
-        self.optimizer.zero_grad(set_to_none=False)
-        parts["loss"].backward()
-        params = [p for p in self.parameters() if p.grad is not None]
-        grad_norm = nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
-        finite = torch.isfinite(parts["loss"]) & torch.isfinite(grad_norm)
-        for p in params:
-            p.grad.copy_(torch.where(finite, p.grad, 0.0))
-        step_size = self._optimizer_step(finite)
+        parts, reconstruction, latents, mask = self.forward_loss(x)
+        self.backward(parts["loss"])
+        step_size, finite = self.optimizer_step(parts["loss"])
 
         if debug and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -98,12 +111,29 @@ class StreamingAutoEncoder(nn.Module):
             self.logger.log_step(results, self)
         return results
 
-    def _optimizer_step(self, finite: torch.Tensor) -> torch.Tensor:
+    def forward_loss(self, x: torch.Tensor):
+        """Stage 1: change mask, reconstruction and loss parts for a preprocessed frame."""
+        mask = self.change_detector(x) if self.change_detector is not None else torch.zeros_like(x[:, :1])
+        reconstruction, latents = self(x)
+        pixel_weight = 1.0 + self.change_weight * mask if self.change_detector is not None else None
+        return reconstruction_loss(reconstruction, x, pixel_weight), reconstruction, latents, mask
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Stage 2: gradients of the loss."""
+        self.flat_params.grad.zero_()
+        loss.backward()
+
+    def optimizer_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 3: clip at 1.0, zero a non-finite gradient, step; (step size, finite)."""
+        grad = self.flat_params.grad
+        grad_norm = nn.utils.clip_grad_norm_([self.flat_params], MAX_GRAD_NORM)
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        grad.copy_(torch.where(finite, grad, 0.0))
         if self.optimizer_name in ("adam", "sgd"):
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
-            return torch.tensor(self.lr)
-        return self.optimizer.step(delta=finite.float())
+            return torch.tensor(self.lr, device=self.device), finite
+        return self.optimizer.step(delta=finite.float()), finite
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""
@@ -117,7 +147,7 @@ def create_streaming_ae(
     debug_vis: bool = False,
     use_tensorboard: bool = False,
     log_dir: str | None = None,
-    optimizer: str = "obgd",
+    optimizer: str = "obgd-adaptive",
     device: torch.device | str = "cpu",
     **config_overrides,
 ) -> StreamingAutoEncoder:

@@ -49,7 +49,7 @@ class Config:
     checkpoint: str = field(default="quick_demo_model.pth", metadata={"help": "checkpoint file to resume from and save to"})
     fresh: bool = field(default=False, metadata={"help": "ignore an existing checkpoint (it is replaced at the first save)"})
     save_every: int = field(default=1000, metadata={"help": "steps between checkpoint saves (and at every normal end)"})
-    optimizer: str = field(default="obgd", metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())})
+    optimizer: str = field(default="obgd-adaptive", metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
                              + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})

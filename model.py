@@ -33,8 +33,8 @@ class ModelConfig:
     decoder_width: int = 32
     fused_size: int = 28
     use_layer_norm: bool = True
-    use_residual: bool = True
-    use_transformer: bool = True
+    use_residual: bool = False  # off by default: the speed/quality trade-off is in docs/BENCHMARKS.md
+    use_transformer: bool = False  # likewise
     use_change_detector: bool = True
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
@@ -65,7 +65,7 @@ class LayerNormalization(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[1:], eps=self.eps)
+        return F.group_norm(x, 1, eps=self.eps)  # one group = layer norm over (C, H, W), keeps channels_last
 
 
 class ResidualBlock(nn.Module):
@@ -81,35 +81,34 @@ class ResidualBlock(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm self-attention and MLP over the H*W positions of a feature map.
+    """Pre-norm self-attention and MLP over a 2x2-pooled feature map, added back residually.
 
-    Keys and values come from a 2x2 average-pooled map, which cuts the attention
-    cost fourfold while every query still sees the whole screen.
+    Every position gets context from the whole screen. Attending over the pooled
+    map (196 tokens at 28x28) costs a quarter of full resolution; the block's output
+    is upsampled bilinearly and added to its input.
     """
 
     def __init__(self, channels: int, heads: int = 2, mlp_ratio: int = 2):
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(channels, elementwise_affine=False)
-        self.q = nn.Linear(channels, channels)
-        self.kv = nn.Linear(channels, 2 * channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
         self.norm2 = nn.LayerNorm(channels, elementwise_affine=False)
         self.mlp = nn.Sequential(
-            nn.Linear(channels, mlp_ratio * channels), nn.LeakyReLU(), nn.Linear(mlp_ratio * channels, channels)
+            nn.Linear(channels, mlp_ratio * channels), nn.GELU(), nn.Linear(mlp_ratio * channels, channels)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)
-        pooled = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)
-        q = self.q(self.norm1(tokens))
-        k, v = self.kv(self.norm1(pooled)).chunk(2, dim=-1)
-        q, k, v = (t.unflatten(-1, (self.heads, c // self.heads)).transpose(1, 2) for t in (q, k, v))
+        pooled = F.avg_pool2d(x, 2)
+        b, c, h, w = pooled.shape
+        tokens = pooled.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(self.norm1(tokens)).unflatten(-1, (3, self.heads, c // self.heads)).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
-        tokens = tokens + self.proj(attended)
-        tokens = tokens + self.mlp(self.norm2(tokens))
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+        update = self.proj(attended)
+        update = update + self.mlp(self.norm2(tokens + update))
+        update = update.transpose(1, 2).reshape(b, c, h, w)
+        return x + F.interpolate(update, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class PixelChangeDetector(nn.Module):

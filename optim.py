@@ -75,6 +75,63 @@ class ObGD:
         self.param_groups[0].update(hyper)
 
 
+class AdaptiveObGD(ObGD):
+    """ObGD with Adam's per-parameter scaling, bounded per parameter (`obgd-adaptive`).
+
+    As stream-x's AdaptiveObGD, the trace is divided by the running RMS of delta*z
+    (beta2, bias-corrected), which gives every parameter its own scale. The paper's
+    bound sums |z / sqrt(v)| over all parameters, so with ~100k of them it shrinks
+    every step ~100k-fold; here the bound uses the mean instead:
+
+    M = lr * kappa * max(|delta|, 1) * mean|z / (sqrt(v_hat) + eps)|
+    step = lr / max(M, 1);   theta <- theta - step * delta * z / (sqrt(v_hat) + eps)
+
+    It engages only when the normalised trace spikes far above its usual size ~1.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
+                 beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(params, lr=lr, gamma=gamma, lamda=lamda, kappa=kappa)
+        self.param_groups[0].update(beta2=beta2, eps=eps, count=0)
+        for p in self.params:
+            self.state[p]["v"] = torch.zeros_like(p)
+
+    @torch.no_grad()
+    def step(self, delta: float | torch.Tensor = 1.0) -> torch.Tensor:
+        group = self.param_groups[0]
+        group["count"] += 1
+        params = [p for p in self.params if p.grad is not None]
+        traces = [self.state[p]["trace"] for p in params]
+        second = [self.state[p]["v"] for p in params]
+        torch._foreach_mul_(traces, group["gamma"] * group["lamda"])
+        torch._foreach_add_(traces, [p.grad for p in params])
+        delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
+        scaled = torch._foreach_mul(traces, delta)
+        torch._foreach_mul_(second, group["beta2"])
+        torch._foreach_addcmul_(second, scaled, scaled, value=1 - group["beta2"])
+        correction = 1 - group["beta2"] ** group["count"]
+        denominators = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(second, correction)), group["eps"])
+        normalised = torch._foreach_div(traces, denominators)
+        count = sum(p.numel() for p in params)
+        mean_abs = torch.stack(torch._foreach_norm(normalised, 1)).sum() / count
+        bound = group["lr"] * group["kappa"] * torch.clamp(delta.abs(), min=1.0) * mean_abs
+        step_size = group["lr"] / torch.clamp(bound, min=1.0)
+        torch._foreach_add_(params, torch._foreach_mul(normalised, -step_size * delta))
+        return step_size
+
+    def state_dict(self) -> dict:
+        saved = super().state_dict()
+        for i, p in enumerate(self.params):
+            saved["state"][i]["v"] = self.state[p]["v"]
+        return saved
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for i, p in enumerate(self.params):
+            self.state[p]["v"].copy_(state_dict["state"][i]["v"])
+
+
 @torch.no_grad()
 def sparse_init_(weight: torch.Tensor, sparsity: float = 0.5, unit_dim: int = 0) -> torch.Tensor:
     """Zero `sparsity` of each output unit's fan-in; the rest uniform +-1/sqrt(fan_in).
@@ -117,6 +174,7 @@ class OptimizerSpec:
 
 OPTIMIZERS = {
     "obgd": OptimizerSpec(ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)"),
+    "obgd-adaptive": OptimizerSpec(AdaptiveObGD, 1e-3, "ObGD with per-parameter RMS scaling and a per-parameter bound"),
     "adam": OptimizerSpec(partial(torch.optim.Adam, fused=True), 1e-3, "Adam at batch size 1 (baseline)"),
     "sgd": OptimizerSpec(partial(torch.optim.SGD, fused=True), 1.0, "plain SGD at batch size 1 (baseline)"),
 }

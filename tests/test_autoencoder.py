@@ -46,7 +46,7 @@ def test_metrics_are_prequential_and_gradients_clipped(model, breakout_frames):
     assert grad_norm <= 1.0 + 1e-4
 
 
-@pytest.mark.parametrize("optimizer", ["obgd", "adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["obgd", "obgd-adaptive", "adam", "sgd"])
 def test_loss_falls_over_100_updates_on_a_real_breakout_frame(optimizer, breakout_frames):
     torch.manual_seed(0)
     model = create_streaming_ae(optimizer=optimizer)
@@ -62,7 +62,7 @@ def test_uint8_frame_and_float_tensor_give_the_same_update(breakout_frames):
     assert results[0] == pytest.approx(results[1], rel=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["obgd", "adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["obgd", "obgd-adaptive", "adam", "sgd"])
 def test_a_nan_frame_skips_the_update_and_keeps_weights_finite(optimizer, breakout_frames):
     torch.manual_seed(0)
     model = create_streaming_ae(optimizer=optimizer)

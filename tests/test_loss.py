@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from loss import luma, reconstruction_loss, ssim
+from loss import SSIM_STRIDE, luma, reconstruction_loss, ssim
 
 
 def test_loss_is_zero_for_identical_images():
@@ -26,9 +26,22 @@ def test_ssim_matches_scikit_image(channels):
     assert 0.1 < ours < 0.9  # a real, non-trivial pair
 
 
+def test_strided_ssim_is_the_same_map_on_every_second_window():
+    rng = np.random.default_rng(1)
+    x = rng.random((61, 75))
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    _, full_map = structural_similarity(
+        x, y, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True
+    )
+    valid = full_map[5:-5, 5:-5]  # skimage's map is padded; the mean uses the valid part
+    ours = ssim(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None], stride=2).item()
+    assert ours == pytest.approx(valid[::2, ::2].mean(), abs=1e-6)
+    assert ours != pytest.approx(valid.mean(), abs=1e-6)
+
+
 def test_ssim_uses_data_range_one_not_255():
-    x = torch.full((1, 1, 32, 32), 0.2)
-    y = torch.full((1, 1, 32, 32), 0.6)
+    x = torch.full((1, 1, 32, 32), 0.2, dtype=torch.float64)
+    y = torch.full((1, 1, 32, 32), 0.6, dtype=torch.float64)
     c1 = 0.01**2
     assert ssim(x, y).item() == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-4)
 
@@ -39,7 +52,7 @@ def test_loss_weights_are_mse_half_l1_tenth_ssim():
     parts = reconstruction_loss(x, y)
     expected = parts["mse"] + 0.5 * parts["l1"] + 0.1 * (1 - parts["ssim"])
     assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert parts["ssim"].item() == pytest.approx(ssim(luma(x), luma(y)).item())
+    assert parts["ssim"].item() == pytest.approx(ssim(luma(x), luma(y), stride=SSIM_STRIDE).item())
 
 
 def test_pixel_weight_reweights_the_loss_but_not_the_metrics():

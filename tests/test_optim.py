@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from optim import ObGD, sparse_init_, sparse_init_model_
+from optim import AdaptiveObGD, ObGD, sparse_init_, sparse_init_model_
 
 
 def _tiny_model(seed: int = 0) -> nn.Module:
@@ -86,9 +86,10 @@ def test_obgd_traces_survive_a_state_dict_round_trip():
         torch.testing.assert_close(p, q)
 
 
-def test_obgd_step_never_syncs_with_the_host(monkeypatch):
+@pytest.mark.parametrize("optimizer_class", [ObGD, AdaptiveObGD])
+def test_obgd_step_never_syncs_with_the_host(monkeypatch, optimizer_class):
     model = _tiny_model()
-    optimizer = ObGD(model.parameters())
+    optimizer = optimizer_class(model.parameters())
     _loss(model, 0).backward()
 
     def forbidden(*args, **kwargs):
@@ -120,3 +121,36 @@ def test_sparse_init_model_handles_transposed_convolutions_by_their_fan_in():
     assert per_unit.abs().max() <= 1 / 54**0.5
     assert torch.all((per_unit == 0).sum(dim=1) == 27)
     assert all(m.bias.abs().sum() == 0 for m in model)
+
+
+@pytest.mark.parametrize("lr, expect_bound_active", [(1.0, True), (0.01, False)])
+def test_adaptive_obgd_matches_a_hand_computation(lr, expect_bound_active):
+    gamma, lamda, kappa, beta2, eps = 0.99, 0.8, 2.0, 0.999, 1e-8
+    model = _tiny_model()
+    optimizer = AdaptiveObGD(model.parameters(), lr=lr, gamma=gamma, lamda=lamda, kappa=kappa, beta2=beta2, eps=eps)
+    theta = [p.detach().numpy().copy() for p in model.parameters()]
+    traces = [np.zeros_like(t) for t in theta]
+    second = [np.zeros_like(t) for t in theta]
+    mirror = _tiny_model()
+    active = []
+    for step in range(1, 5):
+        for p, t in zip(mirror.parameters(), theta):
+            p.data = torch.from_numpy(t.copy())
+        mirror.zero_grad()
+        _loss(mirror, step).backward()
+        grads = [p.grad.numpy() for p in mirror.parameters()]
+        traces = [gamma * lamda * z + g for z, g in zip(traces, grads)]
+        second = [beta2 * v + (1 - beta2) * z**2 for v, z in zip(second, traces)]
+        normalised = [z / (np.sqrt(v / (1 - beta2**step)) + eps) for z, v in zip(traces, second)]
+        count = sum(n.size for n in normalised)
+        bound = lr * kappa * 1.0 * sum(np.abs(n).sum() for n in normalised) / count
+        step_size = lr / max(bound, 1.0)
+        active.append(bound > 1)
+        theta = [t - step_size * n for t, n in zip(theta, normalised)]
+
+        optimizer.zero_grad()
+        _loss(model, step).backward()
+        assert optimizer.step().item() == pytest.approx(step_size, rel=1e-10)
+        for p, t in zip(model.parameters(), theta):
+            np.testing.assert_allclose(p.detach().numpy(), t, rtol=1e-9, atol=1e-12)
+    assert any(active) == expect_bound_active
