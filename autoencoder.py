@@ -26,7 +26,10 @@ class StreamingAutoEncoder(nn.Module):
         lr: float | None = None,
         change_weight: float = 4.0,
         device: torch.device | str = "cpu",
+        compile: bool = False,
     ):
+        """`compile=True` runs network and loss through torch.compile (opt-in: the first
+        update then takes a minute or more to compile)."""
         super().__init__()
         keep_freed_memory()
         self.config = config
@@ -41,7 +44,10 @@ class StreamingAutoEncoder(nn.Module):
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
         self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr)
+        self._lr_tensor = torch.tensor(self.lr, device=self.device)
         self.step = 0
+        if compile:
+            self._network_loss = torch.compile(self._network_loss, dynamic=False)
         self.logger = None
         self.performance = PerformanceMonitor()
 
@@ -105,18 +111,22 @@ class StreamingAutoEncoder(nn.Module):
             "step_size": step_size,
             "skipped": ~finite,
         }
-        if debug:
-            results = {k: v.item() if torch.is_tensor(v) and v.dim() == 0 else v for k, v in results.items()}
         if self.logger is not None:
             self.logger.log_step(results, self)
+        if debug:
+            results = {k: v.item() if torch.is_tensor(v) and v.dim() == 0 else v for k, v in results.items()}
         return results
 
     def forward_loss(self, x: torch.Tensor):
         """Stage 1: change mask, reconstruction and loss parts for a preprocessed frame."""
         mask = self.change_detector(x) if self.change_detector is not None else torch.zeros_like(x[:, :1])
-        reconstruction, latents = self(x)
         pixel_weight = 1.0 + self.change_weight * mask if self.change_detector is not None else None
-        return reconstruction_loss(reconstruction, x, pixel_weight), reconstruction, latents, mask
+        parts, reconstruction, latents = self._network_loss(x, pixel_weight)
+        return parts, reconstruction, latents, mask
+
+    def _network_loss(self, x: torch.Tensor, pixel_weight: torch.Tensor | None):
+        reconstruction, latents = self(x)
+        return reconstruction_loss(reconstruction, x, pixel_weight), reconstruction, latents
 
     def backward(self, loss: torch.Tensor) -> None:
         """Stage 2: gradients of the loss."""
@@ -132,7 +142,7 @@ class StreamingAutoEncoder(nn.Module):
         if self.optimizer_name in ("adam", "sgd"):
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
-            return torch.tensor(self.lr, device=self.device), finite
+            return self._lr_tensor, finite
         return self.optimizer.step(delta=finite.float()), finite
 
     def architecture(self) -> dict:

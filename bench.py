@@ -126,7 +126,7 @@ def bench_speed(args) -> dict:
     config = replace(ModelConfig(), **parse_overrides(args.set))
     frames = collect_frames("Breakout", 64)
     torch.manual_seed(0)
-    model = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device)
+    model = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, compile=args.compile)
     tensors = [preprocess_frame(f, device) for f in frames]
     log("warm-up")
     for i in range(10):
@@ -180,6 +180,7 @@ def bench_speed(args) -> dict:
         "matmul_gflops": round(peak, 1),
         "roofline_fraction": round(achieved / peak, 4),
         "stages_ms": stages,
+        "compile": args.compile,
         "config": {k: v for k, v in vars(config).items()},
     }
 
@@ -292,6 +293,7 @@ def resident_mb() -> float:
 
 
 def bench_soak(args) -> dict:
+    torch.set_num_threads(args.threads)
     defaults = Config()
     torch.manual_seed(0)
     model = StreamingAutoEncoder()
@@ -314,6 +316,7 @@ def bench_soak(args) -> dict:
     after_warmup = [mb for i, mb in samples if i >= warmup]
     return {
         "frames": args.frames,
+        "threads": args.threads,
         "rss_mb": samples,
         "rss_growth_after_warmup_mb": round(after_warmup[-1] - after_warmup[0], 1),
         "rss_peak_mb": max(mb for _, mb in samples),
@@ -329,6 +332,7 @@ def main() -> None:
     speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     speed.add_argument("--updates", type=int, default=60, help="updates per timing window")
     speed.add_argument("--optimizer", default="obgd-adaptive", choices=list(OPTIMIZERS))
+    speed.add_argument("--compile", action="store_true", help="torch.compile network and loss (warm-up compiles)")
     speed.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     quality = sub.add_parser("quality", help="prequential PSNR against the mean-frame floor and JPEG")
     quality.add_argument("--frames", type=int, required=True)
@@ -344,6 +348,7 @@ def main() -> None:
     soak = sub.add_parser("soak", help="resident memory and TensorBoard disk use over a long run")
     soak.add_argument("--frames", type=int, required=True)
     soak.add_argument("--game", default="Breakout")
+    soak.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     for p in (speed, quality, soak):
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = parser.parse_args()

@@ -53,6 +53,8 @@ class Config:
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
                              + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss (faster per step, "
+                          "a minute or more to compile first)"})
     tensorboard: bool = field(default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"})
     log_every: int = field(default=1, metadata={"help": "steps between TensorBoard scalar points"})
     image_every: int = field(default=500, metadata={"help": "steps between TensorBoard images (also at the first and last step)"})
@@ -215,7 +217,8 @@ def merge_with_checkpoint(config: Config, given: set[str], checkpoint: dict) -> 
                 f"--{flag.replace('_', '-')} {getattr(config, flag)} contradicts the checkpoint's "
                 f"{architecture[key]}; start over with --fresh, or pick another --checkpoint"
             )
-    resumable = {"seed", "lr", "latent_channels", "optimizer", "save_every", "log_every", "image_every", "histogram_every"}
+    resumable = {"seed", "lr", "latent_channels", "optimizer", "save_every", "log_every", "image_every",
+                 "histogram_every", "compile"}
     values = {k: saved[k] for k in resumable if k in saved and k not in given}
     values["latent_channels"] = architecture["latent_channels"]
     values["optimizer"] = architecture["optimizer"]
@@ -360,12 +363,13 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
     torch.manual_seed(config.seed)
     if checkpoint is None:
         return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels),
-                                    optimizer=config.optimizer, lr=config.lr, device=device)
+                                    optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile)
     architecture = dict(checkpoint["architecture"])
     optimizer = architecture.pop("optimizer")
     try:
         model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
-        model = StreamingAutoEncoder(model_config, optimizer=optimizer, lr=config.lr, device=device)
+        model = StreamingAutoEncoder(model_config, optimizer=optimizer, lr=config.lr, device=device,
+                                     compile=config.compile)
         model.load_state_dict(checkpoint["model"])
         model.optimizer.load_state_dict(checkpoint["optimizer"])
         for group in model.optimizer.param_groups:
@@ -384,6 +388,7 @@ def run(argv: list[str] | None = None) -> int:
     if config.steps and start_step >= config.steps:
         print(f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do")
         return 0
+    stop = StopFlag()  # from here on, Ctrl+C and SIGTERM end the run with a save
     device = resolve_device(config.device)
     model = build_model(config, checkpoint, device)
     window = config.window == "on" or (config.window == "auto" and display_usable())
@@ -408,7 +413,6 @@ def run(argv: list[str] | None = None) -> int:
         server, url = start_tensorboard(log_dir)
         print(f"TensorBoard: {url}", flush=True)
 
-    stop = StopFlag()
     env, frame = make_env(game, config.seed, start_step)
     viewer = Viewer(game) if window else None
     progress = None if window else Progress(game, config.steps)

@@ -10,18 +10,18 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-SCALAR_TAGS = {
+DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one batch
     "loss/total": "loss",
     "loss/mse": "mse",
     "loss/l1": "l1",
     "loss/ssim": "ssim",
     "quality/psnr": "psnr",
-    "perf/fps": "fps",
-    "perf/step_ms": "step_ms",
     "optim/step_size": "step_size",
     "optim/skipped": "skipped",
     "change/fraction": "change_fraction",
 }
+HOST_TAGS = {"perf/fps": "fps", "perf/step_ms": "step_ms"}  # measured on the host
+SCALAR_TAGS = {**DEVICE_TAGS, **HOST_TAGS}
 
 
 class PerformanceMonitor:
@@ -94,6 +94,7 @@ class TensorBoardLogger:
         self.visualizer = FeatureVisualizer()
         self._pending_steps: list[int] = []
         self._pending_values: list[torch.Tensor] = []
+        self._pending_host: list[list[float]] = []
         self._last_write = time.monotonic()
         self._first_step: int | None = None
 
@@ -107,7 +108,8 @@ class TensorBoardLogger:
             self._first_step = step
         if step % self.scalar_every == 0:
             self._pending_steps.append(step)
-            self._pending_values.append(self._scalar_row(results))
+            self._pending_values.append(self._device_row(results))
+            self._pending_host.append([float(results[key]) for key in HOST_TAGS.values()])
         if step == self._first_step or step % self.image_every == 0:
             self.log_images(results, model)
         if step == self._first_step or step % self.histogram_every == 0:
@@ -115,10 +117,9 @@ class TensorBoardLogger:
         if time.monotonic() - self._last_write >= self.flush_secs:
             self.flush()
 
-    def _scalar_row(self, results: dict) -> torch.Tensor:
+    def _device_row(self, results: dict) -> torch.Tensor:
         values = {**results, "change_fraction": results["change_mask"].mean()}
-        device = results["loss"].device
-        return torch.stack([torch.as_tensor(values[key], dtype=torch.float32, device=device) for key in SCALAR_TAGS.values()])
+        return torch.stack([values[key].float() for key in DEVICE_TAGS.values()])
 
     def log_images(self, results: dict, model) -> None:
         step = results["step"]
@@ -139,10 +140,10 @@ class TensorBoardLogger:
         """Write buffered scalars (one device-to-host copy for all of them)."""
         if self._pending_steps:
             table = torch.stack(self._pending_values).cpu().tolist()
-            for step, row in zip(self._pending_steps, table):
-                for tag, value in zip(SCALAR_TAGS, row):
+            for step, row, host in zip(self._pending_steps, table, self._pending_host):
+                for tag, value in zip(SCALAR_TAGS, row + host):
                     self.writer.add_scalar(tag, value, step)
-            self._pending_steps, self._pending_values = [], []
+            self._pending_steps, self._pending_values, self._pending_host = [], [], []
         self.writer.flush()
         self._last_write = time.monotonic()
 

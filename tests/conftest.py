@@ -3,7 +3,6 @@
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -12,20 +11,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def ale_frames(game: str, count: int, seed: int = 0) -> list[np.ndarray]:
-    import ale_py
+    """Real frames from a seeded random-policy ALE stream (bench.py's own collector)."""
+    from bench import collect_frames
 
-    gym.register_envs(ale_py)
-    env = gym.make(f"ALE/{game}-v5")
-    frame, _ = env.reset(seed=seed)
-    env.action_space.seed(seed)
-    frames = [frame]
-    while len(frames) < count:
-        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            frame, _ = env.reset()
-        frames.append(frame)
-    env.close()
-    return frames
+    return collect_frames(game, count, seed)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,15 @@ def _loss(model: nn.Module, step: int) -> torch.Tensor:
     return (model(x) - 0.3).square().mean()
 
 
+def _gradients_at(theta: list[np.ndarray], step: int) -> list[np.ndarray]:
+    """The loss gradient at parameters `theta`, from a separate copy of the model."""
+    mirror = _tiny_model()
+    for p, t in zip(mirror.parameters(), theta):
+        p.data = torch.from_numpy(t.copy())
+    _loss(mirror, step).backward()
+    return [p.grad.numpy() for p in mirror.parameters()]
+
+
 @pytest.mark.parametrize("lr, expect_bound_active", [(1.0, True), (0.01, False)])
 def test_obgd_matches_a_hand_computation_of_the_rule(lr, expect_bound_active):
     gamma, lamda, kappa = 0.99, 0.8, 2.0
@@ -25,13 +34,8 @@ def test_obgd_matches_a_hand_computation_of_the_rule(lr, expect_bound_active):
     optimizer = ObGD(model.parameters(), lr=lr, gamma=gamma, lamda=lamda, kappa=kappa)
     theta = [p.detach().numpy().copy() for p in model.parameters()]
     traces = [np.zeros_like(t) for t in theta]
-    mirror = _tiny_model()
     for step in range(5):
-        for p, t in zip(mirror.parameters(), theta):
-            p.data = torch.from_numpy(t.copy())
-        mirror.zero_grad()
-        _loss(mirror, step).backward()
-        grads = [p.grad.numpy() for p in mirror.parameters()]
+        grads = _gradients_at(theta, step)
         traces = [gamma * lamda * z + g for z, g in zip(traces, grads)]
         bound = lr * kappa * max(abs(1.0), 1.0) * sum(np.abs(z).sum() for z in traces)
         step_size = lr / bound if bound > 1 else lr
@@ -131,14 +135,9 @@ def test_adaptive_obgd_matches_a_hand_computation(lr, expect_bound_active):
     theta = [p.detach().numpy().copy() for p in model.parameters()]
     traces = [np.zeros_like(t) for t in theta]
     second = [np.zeros_like(t) for t in theta]
-    mirror = _tiny_model()
     active = []
     for step in range(1, 5):
-        for p, t in zip(mirror.parameters(), theta):
-            p.data = torch.from_numpy(t.copy())
-        mirror.zero_grad()
-        _loss(mirror, step).backward()
-        grads = [p.grad.numpy() for p in mirror.parameters()]
+        grads = _gradients_at(theta, step)
         traces = [gamma * lamda * z + g for z, g in zip(traces, grads)]
         second = [beta2 * v + (1 - beta2) * z**2 for v, z in zip(second, traces)]
         normalised = [z / (np.sqrt(v / (1 - beta2**step)) + eps) for z, v in zip(traces, second)]

@@ -1,0 +1,59 @@
+"""bench.py's contract: the spec's JSON fields, measured honestly on tiny runs."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import bench
+from conftest import ROOT, ale_frames
+
+
+def run_bench(*args: str, cwd=ROOT) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), *args, "--json"], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip()  # progress goes to stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_speed_reports_every_spec_field():
+    report = run_bench("speed", "--updates", "3")
+    assert {"device", "threads", "update_fps", "loop_fps", "env_fps", "gflop_per_update", "achieved_gflops",
+            "matmul_gflops", "roofline_fraction", "stages_ms"} <= report.keys()
+    assert set(report["stages_ms"]) == {"env", "preprocess", "forward", "backward", "optimizer", "logging"}
+    assert report["gflop_per_update"] > 0.1 and report["update_fps"] > 0 and report["matmul_gflops"] > 1
+    assert report["achieved_gflops"] == pytest.approx(report["gflop_per_update"] * report["update_fps"], rel=0.01)
+    assert report["roofline_fraction"] == pytest.approx(report["achieved_gflops"] / report["matmul_gflops"], rel=0.01)
+
+
+def test_quality_rows_and_plot(tmp_path):
+    plot = tmp_path / "quality.png"
+    report = run_bench("quality", "--frames", "30", "--games", "Breakout", "MsPacman", "--plot", str(plot))
+    rows = report["results"]
+    assert [(r["game"], r["optimizer"], r["frames"]) for r in rows] == [
+        ("Breakout", "obgd-adaptive", 30), ("MsPacman", "obgd-adaptive", 30)]
+    for row in rows:
+        assert {"psnr", "floor_psnr", "jpeg_psnr", "jpeg_bytes"} <= row.keys()
+        assert row["jpeg_bytes"] <= bench.LATENT_BYTES
+        assert row["floor_psnr"] > 10 and row["jpeg_psnr"] > 10
+    assert cv2.imread(str(plot)) is not None
+
+
+def test_jpeg_baseline_takes_the_largest_quality_that_fits():
+    frames = [cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA) for f in ale_frames("Assault", 6)]
+    psnr, mean_bytes, quality = bench.jpeg_baseline(frames)
+    assert mean_bytes <= bench.LATENT_BYTES
+    above = [len(cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality + 1])[1]) for f in frames]
+    assert np.mean(above) > bench.LATENT_BYTES
+    assert 15 < psnr < 60
+
+
+def test_soak_reports_memory_growth_and_log_size():
+    report = run_bench("soak", "--frames", "40")
+    assert report["frames"] == 40
+    assert len(report["rss_mb"]) >= 2 and report["rss_peak_mb"] > 100
+    assert report["tensorboard_bytes"] > 0 and report["tensorboard_mb_per_100k_frames"] > 0
