@@ -143,6 +143,9 @@ class StreamingAutoEncoder(nn.Module):
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
             return self._lr_tensor, finite
+        if self.optimizer_name == "obgd-adaptive":
+            loss = torch.where(finite, loss.detach(), 0.0)
+            return self.optimizer.step(delta=finite.float(), loss=loss), finite
         return self.optimizer.step(delta=finite.float()), finite
 
     def architecture(self) -> dict:
