@@ -18,5 +18,5 @@ if [ "${1:-b}" = b ]; then
   q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True
   q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False
   # the optimizers side by side (obgd-adaptive is ablation_default_3k)
-  q optimizers_3k --frames 3000 --games Breakout Assault --optimizers adam obgd --plot docs/optimizers_3k.png
+  q optimizers_3k --frames 3000 --games Breakout Assault --optimizers adam obgd
 fi
