@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from main import DEFAULT_GAMES, Config, make_env
+from main import DEFAULT_GAMES, Config, make_env, next_frame
 from model import ModelConfig
 from monitoring import TensorBoardLogger
 from optim import OPTIMIZERS
@@ -58,10 +58,7 @@ def collect_frames(game: str, count: int, seed: int = 0) -> list[np.ndarray]:
     env, frame = make_env(game, seed)
     frames = [frame]
     while len(frames) < count:
-        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            frame, _ = env.reset()
-        frames.append(frame)
+        frames.append(next_frame(env))
     env.close()
     return frames
 
@@ -139,13 +136,7 @@ def bench_speed(args) -> dict:
 
     log("env")
     env, frame = make_env("Breakout", 0)
-
-    def env_step(i):
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            env.reset()
-
-    env_fps = timed_rate(env_step, 500, device)
+    env_fps = timed_rate(lambda i: next_frame(env), 500, device)
 
     log("loop (env + preprocess + update + TensorBoard at the default cadence)")
     defaults = Config()
@@ -157,9 +148,7 @@ def bench_speed(args) -> dict:
 
         def loop_step(i):
             model.update_params(state["frame"])
-            state["frame"], _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                state["frame"], _ = env.reset()
+            state["frame"] = next_frame(env)
 
         loop_fps = timed_rate(loop_step, args.updates, device)
         model.logger = None
@@ -218,9 +207,7 @@ def quality_run(task: dict) -> dict:
         mses.append(results["mse"])
         if i >= tail_start:
             tail_frames.append((results["input"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
-        frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            frame, _ = env.reset()
+        frame = next_frame(env)
         bar.update()
     bar.close()
     mses = torch.stack(mses).tolist()
@@ -306,9 +293,7 @@ def bench_soak(args) -> dict:
                                          histogram_every=defaults.histogram_every)
         for i in tqdm(range(1, args.frames + 1), desc="soak", file=sys.stderr, mininterval=5):
             results = model.update_params(frame)
-            frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                frame, _ = env.reset()
+            frame = next_frame(env)
             if i % every == 0 or i == warmup:
                 samples.append((i, round(resident_mb(), 1)))
         model.logger.close(results, model)

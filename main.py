@@ -115,6 +115,14 @@ def make_env(game: str, seed: int, step: int = 0):
     return env, frame
 
 
+def next_frame(env):
+    """One random-policy step; a finished episode resets and goes on."""
+    frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
+    if terminated or truncated:
+        frame, _ = env.reset()
+    return frame
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -429,9 +437,7 @@ def run(argv: list[str] | None = None) -> int:
                 progress.update(results, fps)
             if model.step % config.save_every == 0:
                 save_checkpoint(checkpoint_path, model, config, game, str(log_dir))
-            frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                frame, _ = env.reset()
+            frame = next_frame(env)
     finally:
         save_checkpoint(checkpoint_path, model, config, game, str(log_dir))
         logger.close(results, model)

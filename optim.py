@@ -36,17 +36,23 @@ class ObGD:
     def step(self, delta: float | torch.Tensor = 1.0) -> torch.Tensor:
         """One update; returns the effective step size as a 0-d device tensor."""
         group = self.param_groups[0]
-        params = [p for p in self.params if p.grad is not None]
-        grads = [p.grad for p in params]
-        traces = [self.state[p]["trace"] for p in params]
-        torch._foreach_mul_(traces, group["gamma"] * group["lamda"])
-        torch._foreach_add_(traces, grads)
+        params, grads, traces = self._accumulate_traces()
         delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
         trace_l1 = torch.stack(torch._foreach_norm(traces, 1)).sum()
         bound = group["lr"] * group["kappa"] * torch.clamp(delta.abs(), min=1.0) * trace_l1
         step_size = group["lr"] / torch.clamp(bound, min=1.0)
         torch._foreach_add_(params, torch._foreach_mul(traces, -step_size * delta))
         return step_size
+
+    def _accumulate_traces(self):
+        """z <- gamma*lamda*z + grad for every parameter with a gradient; (params, grads, traces)."""
+        group = self.param_groups[0]
+        params = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params]
+        traces = [self.state[p]["trace"] for p in params]
+        torch._foreach_mul_(traces, group["gamma"] * group["lamda"])
+        torch._foreach_add_(traces, grads)
+        return params, grads, traces
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -88,9 +94,9 @@ class AdaptiveObGD(ObGD):
     M = lr * kappa * |g . u| / loss
     step = lr / max(M, 1);   theta <- theta - step * u
 
-    Without this bound per-parameter scaling moves every weight of a wide layer by
-    lr in the same direction at once, which drove the sigmoid output into saturation
-    (a constant black image) on Assault, for Adam too. Without `loss` there is no bound.
+    Without `loss` there is no bound. At the default lr 1e-3 the bound rarely engages;
+    it did not stop the sigmoid output from saturating to a constant black image on
+    Assault (Adam and the reference ObGD saturate there too; see docs/BENCHMARKS.md).
     """
 
     def __init__(self, params, lr: float = 1e-3, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
@@ -104,12 +110,8 @@ class AdaptiveObGD(ObGD):
     def step(self, delta: float | torch.Tensor = 1.0, loss: torch.Tensor | None = None) -> torch.Tensor:
         group = self.param_groups[0]
         group["count"] += 1
-        params = [p for p in self.params if p.grad is not None]
-        grads = [p.grad for p in params]
-        traces = [self.state[p]["trace"] for p in params]
+        params, grads, traces = self._accumulate_traces()
         second = [self.state[p]["v"] for p in params]
-        torch._foreach_mul_(traces, group["gamma"] * group["lamda"])
-        torch._foreach_add_(traces, grads)
         delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
         scaled = torch._foreach_mul(traces, delta)
         torch._foreach_mul_(second, group["beta2"])
