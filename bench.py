@@ -29,7 +29,7 @@ from main import DEFAULT_GAMES, Config, make_env, next_frame
 from model import ModelConfig
 from monitoring import TensorBoardLogger
 from optim import OPTIMIZERS
-from utils import preprocess_frame
+from utils import FRAME_SIZE, preprocess_frame
 
 LATENT_BYTES = 4495  # all three latents at 8 bits
 
@@ -200,18 +200,21 @@ def quality_run(task: dict) -> dict:
     model = StreamingAutoEncoder(replace(ModelConfig(), **task["overrides"]), optimizer=optimizer, lr=task["lr"])
     env, frame = make_env(game, task["seed"])
     tail_start = frames_total - max(1, frames_total // 10)
-    mses, tail_frames = [], []
+    mses = torch.empty(frames_total, dtype=torch.float64)  # filled in place: a list of 0-d tensors fragments the heap
+    tail_frames = np.empty((frames_total - tail_start, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
     bar = tqdm(total=frames_total, desc=f"{game}/{optimizer}", file=sys.stderr, mininterval=5, position=task["index"])
     for i in range(frames_total):
         results = model.update_params(frame)
-        mses.append(results["mse"])
+        mses[i] = results["mse"]
         if i >= tail_start:
-            tail_frames.append((results["input"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+            tail_frames[i - tail_start] = (results["input"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         frame = next_frame(env)
         bar.update()
+        if (i + 1) % 500 == 0:
+            bar.set_postfix(psnr=f"{psnr_of(mses[i - 499 : i + 1].mean().item()):.2f}")
     bar.close()
-    mses = torch.stack(mses).tolist()
-    targets = np.stack(tail_frames).astype(np.float64) / 255.0
+    mses = mses.tolist()
+    targets = tail_frames.astype(np.float64) / 255.0
     floor_mse = np.mean((targets - targets.mean(axis=0)) ** 2)
     jpeg_psnr, jpeg_bytes, jpeg_quality = jpeg_baseline(tail_frames)
     return {

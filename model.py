@@ -14,6 +14,7 @@ Every named part has a single role and a switch in `ModelConfig`:
   ignores). It sees input frames only, so it never feeds the decoder.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ class ModelConfig:
     use_residual: bool = False  # off by default: the speed/quality trade-off is in docs/BENCHMARKS.md
     use_transformer: bool = False  # likewise
     use_change_detector: bool = True
+    output_margin: float = 0.05  # 0: a plain sigmoid (see ReachableSigmoid)
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Latent (C, H, W) per branch: three stride-2 no-padding convolutions."""
@@ -175,6 +177,31 @@ class Encoder(nn.Module):
         return {f"{k}x{k}": b.stage2(b.stage1(x)) for k, b in zip(BRANCH_KERNELS, self.branches)}
 
 
+class ReachableSigmoid(torch.autograd.Function):
+    """clip((1 + 2m) * sigmoid(z) - m, 0, 1): a sigmoid that reaches 0 and 1 exactly.
+
+    A plain sigmoid reaches 0 only at z = -inf. On mostly black frames the L1 term,
+    whose gradient is sign(error) however tiny the error, then drives the logits
+    without end (to -40 within 25 frames on Assault), the sigmoid saturates and no
+    gradient ever reaches a bright pixel again. Widened by the margin m, the output
+    reaches 0 and 1 at finite logits, +-log((1 + m) / m), where the error and so
+    the push become exactly zero. Past those logits the backward pass uses the
+    slope at the nearest one, so a pixel whose target changes still learns.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, margin: float) -> torch.Tensor:
+        edge = math.log((1 + margin) / margin)
+        ctx.save_for_backward(torch.sigmoid(logits.clamp(-edge, edge)))
+        ctx.margin = margin
+        return ((1 + 2 * margin) * torch.sigmoid(logits) - margin).clamp_(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (edge_sigmoid,) = ctx.saved_tensors
+        return grad * (1 + 2 * ctx.margin) * edge_sigmoid * (1 - edge_sigmoid), None
+
+
 class _Upsample(nn.Sequential):
     """Sub-pixel upsampling: a 3x3 conv to factor^2 * c_out channels, then PixelShuffle."""
 
@@ -195,12 +222,14 @@ class Decoder(nn.Module):
         super().__init__()
         width = config.decoder_width
         self.fused_size = config.fused_size
+        self.output_margin = config.output_margin
         self.heads = nn.ModuleList(nn.Conv2d(c, width, 3, padding=1) for c, _, _ in config.latent_shapes())
         self.fuse = nn.Conv2d(3 * width, width, 1)
         self.residual = ResidualBlock(width) if config.use_residual else nn.Identity()
         self.transformer = TransformerBlock(width) if config.use_transformer else nn.Identity()
         self.up = _Upsample(width, width // 2)
         self.to_rgb = _Upsample(width // 2, 3, factor=4)
+        self.norm = LayerNormalization() if config.use_layer_norm else nn.Identity()
 
     def forward(self, latents: list[torch.Tensor]) -> torch.Tensor:
         size = (self.fused_size, self.fused_size)
@@ -208,7 +237,8 @@ class Decoder(nn.Module):
             F.interpolate(F.leaky_relu(head(z)), size=size, mode="bilinear", align_corners=False)
             for head, z in zip(self.heads, latents)
         ]
-        x = F.leaky_relu(self.fuse(torch.cat(branches, dim=1)))
+        x = F.leaky_relu(self.norm(self.fuse(torch.cat(branches, dim=1))))
         x = self.transformer(self.residual(x))
-        x = F.leaky_relu(self.up(x))
-        return torch.sigmoid(self.to_rgb(x))
+        x = F.leaky_relu(self.norm(self.up(x)))
+        logits = self.to_rgb(x)
+        return ReachableSigmoid.apply(logits, self.output_margin) if self.output_margin > 0 else torch.sigmoid(logits)

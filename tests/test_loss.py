@@ -62,3 +62,20 @@ def test_pixel_weight_reweights_the_loss_but_not_the_metrics():
     plain, weighted = reconstruction_loss(x, y), reconstruction_loss(x, y, weight)
     assert weighted["mse"].item() == plain["mse"].item()
     assert weighted["loss"].item() != pytest.approx(plain["loss"].item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hand_written_pixel_loss_gradient_matches_autograd(weighted):
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    weight = 1 + 4.0 * (torch.rand(1, 1, 32, 32, dtype=torch.float64) > 0.8) if weighted else None
+    reconstruction_loss(x, y, weight)["loss"].backward()
+    ours = x.grad.clone()
+    x.grad = None
+    error = x - y
+    w = weight / weight.mean() if weighted else torch.ones_like(error)
+    reference = (w * error.square()).mean() + 0.5 * (w * error.abs()).mean()
+    reference = reference + 0.1 * (1 - ssim(luma(x), luma(y), stride=SSIM_STRIDE))
+    reference.backward()
+    assert torch.allclose(ours, x.grad, rtol=1e-10, atol=1e-14)

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from autoencoder import create_streaming_ae
-from model import Decoder, Encoder, LayerNormalization, ModelConfig, PixelChangeDetector, compression_ratios
+from conftest import ale_frames
+from model import (Decoder, Encoder, LayerNormalization, ModelConfig, PixelChangeDetector, ReachableSigmoid,
+                   compression_ratios)
 from utils import preprocess_frame
 
 SPEC_SHAPES = [(3, 27, 27), (2, 25, 25), (2, 23, 23)]
@@ -75,3 +77,45 @@ def test_change_detector_marks_the_moved_object_only():
     assert mask[..., 100:104, 50:54].all()
     assert mask.sum() == 16
     assert detector(moved).sum() == 0  # a still frame has no change
+
+
+def test_reachable_sigmoid_reaches_0_and_1_and_keeps_a_gradient_past_them():
+    margin = 0.05
+    logits = torch.tensor([-40.0, -3.5, -1.0, 0.0, 2.0, 3.5, 40.0], dtype=torch.float64, requires_grad=True)
+    out = ReachableSigmoid.apply(logits, margin)
+    expected = ((1 + 2 * margin) * torch.sigmoid(logits) - margin).clamp(0, 1)
+    assert torch.equal(out, expected)
+    assert out[0] == 0 and out[1] == 0 and out[-2] == 1 and out[-1] == 1
+    out.sum().backward()
+    inside = torch.autograd.grad(((1 + 2 * margin) * torch.sigmoid(logits[2:5])).sum(), logits)[0][2:5]
+    assert torch.allclose(logits.grad[2:5], inside)  # the plain sigmoid's slope where nothing is clipped
+    edge_slope = (1 + 2 * margin) * margin * (1 + margin) / (1 + 2 * margin) ** 2
+    assert torch.allclose(logits.grad[[0, 1, 5, 6]], torch.full((4,), edge_slope, dtype=torch.float64))
+
+
+def test_a_mostly_black_game_learns_more_than_a_black_image():
+    """Assault's frames are ~98% black. With a plain sigmoid head every optimizer's
+    output saturated to a black image within 25 frames and never recovered."""
+    torch.manual_seed(0)
+    model = create_streaming_ae()
+    psnr, black_mse = [], []
+    for frame in ale_frames("Assault", 300):
+        results = model.update_params(frame)
+        psnr.append(results["psnr"])
+        black_mse.append(results["input"].square().mean())
+    learned = torch.stack(psnr[200:]).mean()
+    black_image = -10 * torch.log10(torch.stack(black_mse[200:]).mean())
+    assert learned > black_image + 2.0
+
+
+def test_a_black_target_stops_pushing_the_logits_once_reached():
+    """A plain sigmoid never reaches 0, so L1 pushes its logits down for ever; ours stops."""
+    black = torch.zeros(1, 3, 16, 16)
+    pushes = []
+    for head in (lambda z: ReachableSigmoid.apply(z, 0.05), torch.sigmoid):
+        logits = torch.full((1, 3, 16, 16), -4.0, requires_grad=True)
+        error = head(logits) - black
+        (error.square().mean() + 0.5 * error.abs().mean()).backward()
+        pushes.append(logits.grad)
+    assert torch.all(pushes[0] == 0)
+    assert torch.all(pushes[1] > 0)
