@@ -180,16 +180,27 @@ def psnr_of(mse: float) -> float:
     return 10 * np.log10(1.0 / mse)
 
 
-def jpeg_baseline(frames: list[np.ndarray], budget: int = LATENT_BYTES) -> tuple[float, float, int]:
-    """(PSNR, mean bytes, quality) of OpenCV JPEG at the largest quality whose mean size fits."""
-    for quality in range(100, 0, -1):
-        encoded = [cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1] for f in frames]
-        mean_bytes = float(np.mean([len(e) for e in encoded]))
-        if mean_bytes <= budget:
-            decoded = [cv2.imdecode(e, cv2.IMREAD_COLOR)[..., ::-1] for e in encoded]
-            mse = np.mean([np.mean((d / 255.0 - f / 255.0) ** 2) for d, f in zip(decoded, frames)])
-            return psnr_of(mse), mean_bytes, quality
-    return float("nan"), float("nan"), 0
+def jpeg_baseline(frames, budget: int = LATENT_BYTES) -> tuple[float, float, int]:
+    """(PSNR, mean bytes, quality) of OpenCV JPEG at the largest quality whose mean size fits.
+
+    The mean size grows with the quality, so a binary search over 1..100 finds it.
+    """
+    def encode(quality: int) -> list[np.ndarray]:
+        return [cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1] for f in frames]
+
+    low, high = 0, 100  # invariant: quality `low` fits (0 = none does), every quality above `high` does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if np.mean([len(e) for e in encode(middle)]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    if low == 0:
+        return float("nan"), float("nan"), 0
+    encoded = encode(low)
+    decoded = [cv2.imdecode(e, cv2.IMREAD_COLOR)[..., ::-1] for e in encoded]
+    mse = np.mean([np.mean((d / 255.0 - f / 255.0) ** 2) for d, f in zip(decoded, frames)])
+    return psnr_of(mse), float(np.mean([len(e) for e in encoded])), low
 
 
 def quality_run(task: dict) -> dict:

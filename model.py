@@ -2,11 +2,13 @@
 
 Every named part has a single role and a switch in `ModelConfig`:
 
-- LayerNormalization: parameter-free normalisation after each encoder convolution,
-  which keeps activations on one scale as the frame statistics drift (as in the
-  streaming-RL paper, where it is what makes large streaming steps safe).
-- ResidualBlock: extra depth at the widest encoder stage and in the decoder trunk,
-  with an identity path so gradients reach the stem undamped.
+- LayerNormalization: parameter-free normalisation after each encoder convolution
+  and after the decoder's fusion and first upsampling, which keeps activations on
+  one scale as the frame statistics drift (as in the streaming-RL paper, where it is
+  what makes large streaming steps safe). Without it in the decoder, activations
+  grew without bound and Pacman collapsed after 2,000 frames.
+- ResidualBlock: extra depth in the decoder trunk at 28x28, with an identity path
+  so gradients pass undamped.
 - TransformerBlock: global self-attention over the fused decoder features, so a
   pixel can use context from the whole screen (score bars, mirrored layouts).
 - PixelChangeDetector: |frame_t - frame_t-1| against an adaptive threshold; its mask

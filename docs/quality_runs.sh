@@ -1,22 +1,39 @@
 #!/usr/bin/env bash
-# The quality runs behind docs/BENCHMARKS.md, one torch thread per stream.
-# Each writes docs/results/<name>.json (the JSON line of `bench.py quality --json`).
-# The two lanes (`bash docs/quality_runs.sh a` and `... b`) ran side by side.
+# The benchmark runs behind docs/BENCHMARKS.md. Each writes docs/results/<name>.json
+# (the JSON line of `bench.py ... --json`) and its progress to <name>.log.
+# Quality runs use one torch thread per stream; lanes a and b ran side by side
+# (`bash docs/quality_runs.sh a & bash docs/quality_runs.sh b`), then lane c, then
+# the speed lane on the otherwise idle machine.
 set -u
 cd "$(dirname "$0")/.."
 out=docs/results
-q() { local name=$1; shift; uv run bench.py quality --jobs 2 --threads 1 --json --curves "$@" 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
-# ablations of the named parts, 3,000 frames, Breakout and Assault
-# (default: residual and transformer off, change detector and layer norm on)
-if [ "${1:-a}" = a ]; then
-  q ablation_default_3k --frames 3000 --games Breakout Assault
-  q ablation_full_3k --frames 3000 --games Breakout Assault --set use_transformer=True use_residual=True
-  q ablation_residual_3k --frames 3000 --games Breakout Assault --set use_residual=True
-  q ablation_no_layer_norm_3k --frames 3000 --games Breakout Assault --set use_layer_norm=False
-fi
-if [ "${1:-b}" = b ]; then
-  q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True
-  q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False
-  # the optimizers side by side (obgd-adaptive is ablation_default_3k)
-  q optimizers_3k --frames 3000 --games Breakout Assault --optimizers adam obgd
-fi
+q() { local name=$1; shift; uv run bench.py quality --threads 1 --json --curves "$@" 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
+s() { local name=$1; shift; uv run bench.py speed --json "$@" 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
+case "${1:-}" in
+  a)
+    q default_20k_Pacman --frames 20000 --games Pacman
+    q default_20k_SpaceInvaders --frames 20000 --games SpaceInvaders
+    q default_20k_Asteroids --frames 20000 --games Asteroids
+    q ablation_residual_3k --frames 3000 --games Breakout Assault --set use_residual=True
+    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True
+    q other_games_5k --frames 5000 --games Pong Seaquest ;;
+  b)
+    q default_20k_Assault --frames 20000 --games Assault
+    q default_20k_Breakout --frames 20000 --games Breakout
+    q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd
+    q ablation_no_layer_norm_3k --frames 3000 --games Breakout Assault --set use_layer_norm=False
+    q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False ;;
+  c)
+    q ablation_default_3k --frames 3000 --games Breakout Assault
+    q ablation_plain_sigmoid_3k --frames 3000 --games Breakout Assault --set output_margin=0.0 ;;
+  speed)
+    for run in 1 2 3 4 5; do s speed_default_run$run; done
+    s speed_residual --set use_residual=True
+    s speed_transformer --set use_transformer=True
+    s speed_no_layer_norm --set use_layer_norm=False
+    s speed_no_change_detector --set use_change_detector=False
+    s speed_plain_sigmoid --set output_margin=0.0 ;;
+  soak)
+    uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
+  *) echo "usage: bash docs/quality_runs.sh a|b|c|speed|soak" >&2; exit 2 ;;
+esac
