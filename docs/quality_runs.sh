@@ -32,7 +32,8 @@ case "${1:-}" in
     s speed_transformer --set use_transformer=True
     s speed_no_layer_norm --set use_layer_norm=False
     s speed_no_change_detector --set use_change_detector=False
-    s speed_plain_sigmoid --set output_margin=0.0 ;;
+    s speed_plain_sigmoid --set output_margin=0.0
+    s speed_compile --compile ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
   *) echo "usage: bash docs/quality_runs.sh a|b|c|speed|soak" >&2; exit 2 ;;
