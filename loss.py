@@ -84,9 +84,7 @@ class PixelLoss(torch.autograd.Function):
             weight = None
             weighted = MSE_WEIGHT * mse + L1_WEIGHT * l1
         else:  # normalised to mean 1 and expanded to the image's layout: broadcasting over C is slow
-            weight = (pixel_weight / pixel_weight.mean()).expand_as(error).contiguous(
-                memory_format=torch.channels_last if error.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format)
+            weight = torch.empty_like(error).copy_(pixel_weight / pixel_weight.mean())
             weighted = MSE_WEIGHT * (torch.add(squared, absolute, alpha=L1_WEIGHT / MSE_WEIGHT) * weight).mean()
         ctx.save_for_backward(error, weight)
         ctx.mark_non_differentiable(mse, l1)
