@@ -93,19 +93,20 @@ def test_reachable_sigmoid_reaches_0_and_1_and_keeps_a_gradient_past_them():
     assert torch.allclose(logits.grad[[0, 1, 5, 6]], torch.full((4,), edge_slope, dtype=torch.float64))
 
 
-def test_a_mostly_black_game_learns_more_than_a_black_image():
-    """Assault's frames are ~98% black. With a plain sigmoid head every optimizer's
-    output saturated to a black image within 25 frames and never recovered."""
+def test_a_mostly_black_game_learns_more_than_a_constant_image():
+    """Assault's frames are ~98% black. Before the reachable sigmoid and the decoder's
+    layer norm, every optimizer's output saturated to a constant image within 25 frames
+    and never recovered. No constant image beats the mean frame (the floor)."""
     torch.manual_seed(0)
     model = create_streaming_ae()
-    psnr, black_mse = [], []
+    mse, frames = [], []
     for frame in ale_frames("Assault", 300):
         results = model.update_params(frame)
-        psnr.append(results["psnr"])
-        black_mse.append(results["input"].square().mean())
-    learned = torch.stack(psnr[200:]).mean()
-    black_image = -10 * torch.log10(torch.stack(black_mse[200:]).mean())
-    assert learned > black_image + 2.0
+        mse.append(results["mse"])
+        frames.append(results["input"])
+    tail = torch.cat(frames[200:])
+    floor_mse = (tail - tail.mean(dim=0, keepdim=True)).square().mean()
+    assert torch.stack(mse[200:]).mean() < floor_mse
 
 
 def test_a_black_target_stops_pushing_the_logits_once_reached():
