@@ -27,9 +27,12 @@ class StreamingAutoEncoder(nn.Module):
         change_weight: float = 4.0,
         device: torch.device | str = "cpu",
         compile: bool = False,
+        cuda_graph: bool | None = None,
     ):
         """`compile=True` runs network and loss through torch.compile (opt-in: the first
-        update then takes a minute or more to compile)."""
+        update then takes a minute or more to compile). `cuda_graph` captures the whole
+        update (forward, loss, backward, clip, step) as one CUDA graph after a few
+        eager updates, then replays it; by default it follows `compile` on CUDA."""
         super().__init__()
         keep_freed_memory()
         self.config = config
@@ -43,11 +46,16 @@ class StreamingAutoEncoder(nn.Module):
         self.flat_params = self._flatten_parameters()
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
-        self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr)
+        self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr, capturable=self.device.type == "cuda")
         self._lr_tensor = torch.tensor(self.lr, device=self.device)
         self.step = 0
         if compile:
+            import loss
+
+            torch.compiler.assume_constant_result(loss._blur_matrix)  # bake the SSIM blur matrices in
             self._network_loss = torch.compile(self._network_loss, dynamic=False)
+        use_graph = (compile if cuda_graph is None else cuda_graph) and self.device.type == "cuda"
+        self.captured_step = CapturedStep(self._train_step) if use_graph else None
         self.logger = None
         self.performance = PerformanceMonitor()
 
@@ -90,32 +98,39 @@ class StreamingAutoEncoder(nn.Module):
         """
         start = time.perf_counter()
         x = preprocess_frame(frame, self.device)
-        parts, reconstruction, latents, mask = self.forward_loss(x)
-        self.backward(parts["loss"])
-        step_size, finite = self.optimizer_step(parts["loss"])
-
+        outputs = self.captured_step(x) if self.captured_step is not None else self._train_step(x)
         if debug and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         fps, step_ms = self.performance.tick(start)
         self.step += 1
         results = {
-            **{k: v.detach() for k, v in parts.items()},
-            "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
-            "reconstruction": reconstruction.detach(),
-            "embeddings": [z.detach() for z in latents],
-            "change_mask": mask,
+            **{k: v for k, v in outputs.items() if not k.startswith("latent")},
+            "embeddings": [outputs[f"latent{i}"] for i in range(len(self.encoder.branches))],
             "input": x,
             "step": self.step,
             "fps": fps,
             "step_ms": step_ms,
-            "step_size": step_size,
-            "skipped": ~finite,
         }
         if self.logger is not None:
             self.logger.log_step(results, self)
         if debug:
             results = {k: v.item() if torch.is_tensor(v) and v.dim() == 0 else v for k, v in results.items()}
         return results
+
+    def _train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One whole update on the device, no host sync: every tensor `update_params` reports."""
+        parts, reconstruction, latents, mask = self.forward_loss(x)
+        self.backward(parts["loss"])
+        step_size, finite = self.optimizer_step(parts["loss"])
+        return {
+            **{k: v.detach() for k, v in parts.items()},
+            "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
+            "reconstruction": reconstruction.detach(),
+            **{f"latent{i}": z.detach() for i, z in enumerate(latents)},
+            "change_mask": mask,
+            "step_size": step_size,
+            "skipped": ~finite,
+        }
 
     def forward_loss(self, x: torch.Tensor):
         """Stage 1: change mask, reconstruction and loss parts for a preprocessed frame."""
@@ -151,6 +166,50 @@ class StreamingAutoEncoder(nn.Module):
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""
         return {**asdict(self.config), "optimizer": self.optimizer_name}
+
+
+class CapturedStep:
+    """Runs `step(x)` eagerly a few times, then captures it as one CUDA graph and replays it.
+
+    A streaming update is hundreds of small kernels whose launches cost more than
+    their work; replaying a graph launches them all at once. The eager warm-up runs
+    on a side stream, as CUDA graph capture requires, and each is a real update, so
+    every frame is learned from exactly once. Replays write into the same buffers,
+    so the outputs are packed into one flat tensor in the graph and copied out with
+    one kernel per call: results stay valid after the next update.
+    """
+
+    def __init__(self, step, warmup: int = 3):
+        self.step = step
+        self.warmup = warmup
+        self.graph = None
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.graph is not None:
+            self.static_input.copy_(x)
+            self.graph.replay()
+            return self._unpack(self.packed.clone())
+        if self.warmup > 0:
+            self.warmup -= 1
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                outputs = self.step(x)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            return outputs
+        self.static_input = x.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            outputs = self.step(self.static_input)
+            self.layout = [(name, t.shape, t.dtype) for name, t in outputs.items()]
+            self.packed = torch.cat([t.reshape(-1).float() for t in outputs.values()])
+        self.graph.replay()
+        return self._unpack(self.packed.clone())
+
+    def _unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        sizes = [shape.numel() for _, shape, _ in self.layout]
+        return {name: (part.view(shape) if dtype == torch.float32 else part.view(shape).to(dtype))
+                for (name, shape, dtype), part in zip(self.layout, flat.split(sizes))}
 
 
 def create_streaming_ae(

@@ -1,8 +1,8 @@
 """Reconstruction loss: MSE + 0.5 * L1 + 0.1 * (1 - SSIM), on images in [0, 1]."""
 
-import functools
-
 import torch
+
+from utils import weighted_channel_sum
 
 MSE_WEIGHT, L1_WEIGHT, SSIM_WEIGHT = 1.0, 0.5, 0.1
 SSIM_C1, SSIM_C2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2  # data_range = 1.0
@@ -11,26 +11,57 @@ SSIM_C1, SSIM_C2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2  # data_range = 1.0
 SSIM_STRIDE = 2  # average the SSIM map over every 2nd window position in each direction
 
 
-@functools.lru_cache(maxsize=16)
+_blur_matrices: dict[tuple, torch.Tensor] = {}
+
+
 def _blur_matrix(size: int, window: int, sigma: float, stride: int, device: torch.device, dtype: torch.dtype):
-    """(size, outputs) banded matrix: column j is the 1-D Gaussian at rows j*stride ..."""
-    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
-    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    starts = range(0, size - window + 1, stride)
-    matrix = torch.zeros(size, len(starts), dtype=torch.float64)
-    for j, start in enumerate(starts):
-        matrix[start : start + window, j] = kernel
-    return matrix.to(device=device, dtype=dtype)
+    """(size, outputs) banded matrix: column j is the 1-D Gaussian at rows j*stride ...
+
+    Built once per argument set. A plain function over a dict (not `lru_cache`), so
+    that `torch.compiler.assume_constant_result` can mark it: torch.compile then
+    bakes the matrix into the graph instead of re-tracing its construction.
+    """
+    key = (size, window, sigma, stride, device, dtype)
+    if key not in _blur_matrices:
+        coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+        kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+        kernel /= kernel.sum()
+        starts = range(0, size - window + 1, stride)
+        matrix = torch.zeros(size, len(starts), dtype=torch.float64)
+        for j, start in enumerate(starts):
+            matrix[start : start + window, j] = kernel
+        _blur_matrices[key] = matrix.to(device=device, dtype=dtype)
+    return _blur_matrices[key]
 
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
+class Luma(torch.autograd.Function):
+    """(N, 3, H, W) RGB -> (N, 1, H, W) BT.601 luma Y, one strided pass per channel.
+
+    The gradient is written channel by channel into the image's own layout
+    (channels_last here): a contraction over C (einsum) ran as a batched matmul and
+    returned a contiguous gradient, which made every later full-resolution op of
+    the backward pass mix two layouts, five times slower on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor) -> torch.Tensor:
+        ctx.layout = (image.shape, image.stride())
+        return weighted_channel_sum(image, LUMA_WEIGHTS)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad_image = grad.new_empty_strided(*ctx.layout)
+        for c, weight in enumerate(LUMA_WEIGHTS):
+            torch.mul(grad, weight, out=grad_image[:, c : c + 1])
+        return grad_image
+
+
 def luma(image: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB -> (N, 1, H, W) BT.601 luma Y."""
-    weights = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype)
-    return torch.einsum("nchw,c->nhw", image, weights).unsqueeze(1)
+    return Luma.apply(image)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5, stride: int = 1) -> torch.Tensor:
@@ -83,9 +114,11 @@ class PixelLoss(torch.autograd.Function):
         if pixel_weight is None:
             weight = None
             weighted = MSE_WEIGHT * mse + L1_WEIGHT * l1
-        else:  # normalised to mean 1 and expanded to the image's layout: broadcasting over C is slow
-            weight = torch.empty_like(error).copy_(pixel_weight / pixel_weight.mean())
-            weighted = MSE_WEIGHT * (torch.add(squared, absolute, alpha=L1_WEIGHT / MSE_WEIGHT) * weight).mean()
+        else:  # normalised to mean 1; applied per pixel after summing over C (no broadcast over C)
+            weight = pixel_weight / pixel_weight.mean()
+            per_value = torch.add(squared, absolute, alpha=L1_WEIGHT / MSE_WEIGHT)
+            per_pixel = weighted_channel_sum(per_value, (1.0,) * per_value.shape[1])
+            weighted = MSE_WEIGHT * (per_pixel * weight).sum() / error.numel()
         ctx.save_for_backward(error, weight)
         ctx.mark_non_differentiable(mse, l1)
         return weighted, mse, l1
@@ -95,8 +128,9 @@ class PixelLoss(torch.autograd.Function):
         error, weight = ctx.saved_tensors
         scale = grad / error.numel()
         grad_error = torch.addcmul(error.sign() * (L1_WEIGHT * scale), error, 2 * MSE_WEIGHT * scale)
-        if weight is not None:
-            grad_error.mul_(weight)
+        if weight is not None:  # channel by channel: broadcasting over a channels_last C is slow
+            for c in range(grad_error.shape[1]):
+                grad_error[:, c : c + 1].mul_(weight)
         return grad_error, None, None
 
 

@@ -134,7 +134,7 @@ class PixelChangeDetector(nn.Module):
         if self.previous.shape != frame.shape:
             self.previous = frame.detach().clone()
         diff = compute_frame_difference(frame, self.previous)
-        self.previous = frame.detach().clone()
+        self.previous.copy_(frame.detach())  # in place: a captured CUDA graph reads this very buffer
         threshold = torch.clamp(diff.mean() + self.sensitivity * diff.std(), min=self.min_threshold)
         return (diff > threshold).to(frame.dtype)
 
@@ -204,6 +204,23 @@ class ReachableSigmoid(torch.autograd.Function):
         return grad * (1 + 2 * ctx.margin) * edge_sigmoid * (1 - edge_sigmoid), None
 
 
+class DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on a dense channels_last copy of the gradient.
+
+    `torch.cat`'s backward gives each input a strided slice of the concatenated
+    gradient; bilinear upsampling's backward runs about five times slower on such a
+    slice than on a dense copy (226 against 46 + 11 us per branch on a CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 class _Upsample(nn.Sequential):
     """Sub-pixel upsampling: a 3x3 conv to factor^2 * c_out channels, then PixelShuffle."""
 
@@ -236,7 +253,7 @@ class Decoder(nn.Module):
     def forward(self, latents: list[torch.Tensor]) -> torch.Tensor:
         size = (self.fused_size, self.fused_size)
         branches = [
-            F.interpolate(F.leaky_relu(head(z)), size=size, mode="bilinear", align_corners=False)
+            DenseGrad.apply(F.interpolate(F.leaky_relu(head(z)), size=size, mode="bilinear", align_corners=False))
             for head, z in zip(self.heads, latents)
         ]
         x = F.leaky_relu(self.norm(self.fuse(torch.cat(branches, dim=1))))

@@ -102,21 +102,22 @@ class AdaptiveObGD(ObGD):
     def __init__(self, params, lr: float = 1e-3, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
                  beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(params, lr=lr, gamma=gamma, lamda=lamda, kappa=kappa)
-        self.param_groups[0].update(beta2=beta2, eps=eps, count=0)
+        device = self.params[0].device
+        self.param_groups[0].update(beta2=beta2, eps=eps, count=torch.zeros((), dtype=torch.float64, device=device))
         for p in self.params:
             self.state[p]["v"] = torch.zeros_like(p)
 
     @torch.no_grad()
     def step(self, delta: float | torch.Tensor = 1.0, loss: torch.Tensor | None = None) -> torch.Tensor:
         group = self.param_groups[0]
-        group["count"] += 1
+        group["count"].add_(1)  # on the device, so a captured CUDA graph counts on replay
         params, grads, traces = self._accumulate_traces()
         second = [self.state[p]["v"] for p in params]
         delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
         scaled = torch._foreach_mul(traces, delta)
         torch._foreach_mul_(second, group["beta2"])
         torch._foreach_addcmul_(second, scaled, scaled, value=1 - group["beta2"])
-        correction = 1 - group["beta2"] ** group["count"]
+        correction = (1 - torch.pow(group["beta2"], group["count"])).to(params[0].dtype)  # float64 as in Python
         denominators = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(second, correction)), group["eps"])
         direction = torch._foreach_div(scaled, denominators)
         step_size = torch.as_tensor(group["lr"], dtype=params[0].dtype, device=params[0].device)
@@ -135,7 +136,9 @@ class AdaptiveObGD(ObGD):
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict) -> None:
+        count = self.param_groups[0]["count"]
         super().load_state_dict(state_dict)
+        self.param_groups[0]["count"] = count.fill_(float(state_dict["param_groups"][0]["count"]))
         for i, p in enumerate(self.params):
             self.state[p]["v"].copy_(state_dict["state"][i]["v"])
 
@@ -188,7 +191,9 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, capturable: bool = False) -> torch.optim.Optimizer:
+    """`capturable` (CUDA graphs) matters only to Adam, whose step count must then live on the device."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name].build(params, lr=lr)
+    extra = {"capturable": True} if capturable and name == "adam" else {}
+    return OPTIMIZERS[name].build(params, lr=lr, **extra)
