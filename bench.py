@@ -118,19 +118,33 @@ def stage_times(model: StreamingAutoEncoder, frames: list[np.ndarray], env, logg
     return {name: round(statistics.median(values), 3) for name, values in samples.items()}
 
 
+def count_gflop(config: ModelConfig, optimizer: str, frames: list[np.ndarray], device: torch.device) -> float:
+    """FLOPs of one update_params call, counted on an eager copy of the model (a
+    replayed CUDA graph or a compiled graph hides its ops from FlopCounterMode)."""
+    torch.manual_seed(0)
+    model = StreamingAutoEncoder(config, optimizer=optimizer, device=device)
+    model.update_params(frames[0])
+    x = preprocess_frame(frames[1], device)
+    with FlopCounterMode(display=False) as counter:
+        model.update_params(x)
+    return counter.get_total_flops() / 1e9
+
+
 def bench_speed(args) -> dict:
     device = torch.device(args.device)
     config = replace(ModelConfig(), **parse_overrides(args.set))
     frames = collect_frames("Breakout", 64)
     torch.manual_seed(0)
-    model = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, compile=args.compile)
-    tensors = [preprocess_frame(f, device) for f in frames]
-    log("warm-up")
+    cuda_graph = {"auto": None, "on": True, "off": False}[args.cuda_graph]
+    if cuda_graph and device.type != "cuda":
+        raise SystemExit("bench.py: --cuda-graph on needs --device cuda")
+    model = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, compile=args.compile,
+                                 cuda_graph=cuda_graph)
+    log("FLOPs (one eager update of the same model)")
+    gflop = count_gflop(config, args.optimizer, frames, device)
+    log("warm-up" + (" (compiling)" if args.compile else ""))
     for i in range(10):
         model.update_params(frames[i])
-    with FlopCounterMode(display=False) as counter:
-        model.update_params(tensors[0])
-    gflop = counter.get_total_flops() / 1e9
     log("update_params")
     update_fps = timed_rate(lambda i: model.update_params(frames[i % len(frames)]), args.updates, device)
 
@@ -170,6 +184,7 @@ def bench_speed(args) -> dict:
         "roofline_fraction": round(achieved / peak, 4),
         "stages_ms": stages,
         "compile": args.compile,
+        "cuda_graph": model.captured_step is not None,
         "config": {k: v for k, v in vars(config).items()},
     }
 
@@ -332,6 +347,8 @@ def main() -> None:
     speed.add_argument("--updates", type=int, default=60, help="updates per timing window")
     speed.add_argument("--optimizer", default="obgd-adaptive", choices=list(OPTIMIZERS))
     speed.add_argument("--compile", action="store_true", help="torch.compile network and loss (warm-up compiles)")
+    speed.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"],
+                       help="capture each update as one CUDA graph (auto: with --compile on CUDA)")
     speed.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     quality = sub.add_parser("quality", help="prequential PSNR against the mean-frame floor and JPEG")
     quality.add_argument("--frames", type=int, required=True)

@@ -53,8 +53,8 @@ class Config:
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
                              + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss (faster per step, "
-                          "a minute or more to compile first)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss, and on CUDA replay "
+                          "each update as one captured CUDA graph (faster per step, a minute or more to compile first)"})
     tensorboard: bool = field(default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"})
     log_every: int = field(default=1, metadata={"help": "steps between TensorBoard scalar points"})
     image_every: int = field(default=500, metadata={"help": "steps between TensorBoard images (also at the first and last step)"})
