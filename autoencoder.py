@@ -41,8 +41,10 @@ class StreamingAutoEncoder(nn.Module):
         self.decoder = Decoder(config)
         self.change_detector = PixelChangeDetector() if config.use_change_detector else None
         sparse_init_model_(self)
-        self.to(device, memory_format=torch.channels_last)
         self.device = torch.device(device)
+        # channels_last makes oneDNN's CPU convolutions faster; on CUDA, torch.compile's
+        # convolution backward rejects channels_last weights, and cuDNN needs no help.
+        self.to(device, memory_format=torch.channels_last if self.device.type == "cpu" else torch.contiguous_format)
         self.flat_params = self._flatten_parameters()
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
@@ -64,7 +66,7 @@ class StreamingAutoEncoder(nn.Module):
 
         Clipping, the finite check and the optimizer then run as a few whole-model
         kernels instead of a loop over ~60 small tensors. The views keep each
-        parameter's own strides (channels_last); autograd accumulates into them in
+        parameter's own strides (channels_last on a CPU); autograd accumulates into them in
         place. The model must not be moved to another device afterwards.
         """
         params = list(self.parameters())

@@ -55,7 +55,7 @@ class Luma(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad_image = grad.new_empty_strided(*ctx.layout)
         for c, weight in enumerate(LUMA_WEIGHTS):
-            torch.mul(grad, weight, out=grad_image[:, c : c + 1])
+            grad_image[:, c : c + 1] = grad * weight
         return grad_image
 
 

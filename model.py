@@ -205,7 +205,7 @@ class ReachableSigmoid(torch.autograd.Function):
 
 
 class DenseGrad(torch.autograd.Function):
-    """Identity whose backward hands on a dense channels_last copy of the gradient.
+    """Identity whose backward hands on a dense copy of the gradient, in the input's layout.
 
     `torch.cat`'s backward gives each input a strided slice of the concatenated
     gradient; bilinear upsampling's backward runs about five times slower on such a
@@ -214,11 +214,12 @@ class DenseGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last)
+        return grad.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
 
 
 class _Upsample(nn.Sequential):

@@ -14,6 +14,12 @@ import torch
 from torch import nn
 
 
+def _on_device(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor on `like`'s device, made by a fill kernel: no host-to-device copy,
+    which would wait for the device and cannot be captured in a CUDA graph."""
+    return value.to(like.dtype) if torch.is_tensor(value) else like.new_full((), value)
+
+
 class ObGD:
     """The reference rule, for a loss gradient and a pseudo-error `delta` (default 1).
 
@@ -37,7 +43,7 @@ class ObGD:
         """One update; returns the effective step size as a 0-d device tensor."""
         group = self.param_groups[0]
         params, grads, traces = self._accumulate_traces()
-        delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
+        delta = _on_device(delta, params[0])
         trace_l1 = torch.stack(torch._foreach_norm(traces, 1)).sum()
         bound = group["lr"] * group["kappa"] * torch.clamp(delta.abs(), min=1.0) * trace_l1
         step_size = group["lr"] / torch.clamp(bound, min=1.0)
@@ -113,14 +119,14 @@ class AdaptiveObGD(ObGD):
         group["count"].add_(1)  # on the device, so a captured CUDA graph counts on replay
         params, grads, traces = self._accumulate_traces()
         second = [self.state[p]["v"] for p in params]
-        delta = torch.as_tensor(delta, dtype=params[0].dtype, device=params[0].device)
+        delta = _on_device(delta, params[0])
         scaled = torch._foreach_mul(traces, delta)
         torch._foreach_mul_(second, group["beta2"])
         torch._foreach_addcmul_(second, scaled, scaled, value=1 - group["beta2"])
         correction = (1 - torch.pow(group["beta2"], group["count"])).to(params[0].dtype)  # float64 as in Python
         denominators = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(second, correction)), group["eps"])
         direction = torch._foreach_div(scaled, denominators)
-        step_size = torch.as_tensor(group["lr"], dtype=params[0].dtype, device=params[0].device)
+        step_size = params[0].new_full((), group["lr"])
         if loss is not None:
             effect = torch.stack([(g * u).sum() for g, u in zip(grads, direction)]).sum().abs()
             bound = group["lr"] * group["kappa"] * effect / torch.clamp(loss.detach(), min=1e-12)
