@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from loss import reconstruction_loss
+from loss import mark_constants_for_compile, reconstruction_loss
 from monitoring import PerformanceMonitor, TensorBoardLogger
 from model import Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
 from optim import OPTIMIZERS, make_optimizer, sparse_init_model_
@@ -32,7 +32,7 @@ class StreamingAutoEncoder(nn.Module):
         """`compile=True` runs network and loss through torch.compile (opt-in: the first
         update then takes a minute or more to compile). `cuda_graph` captures the whole
         update (forward, loss, backward, clip, step) as one CUDA graph after a few
-        eager updates, then replays it; by default it follows `compile` on CUDA."""
+        eager updates, then replays it (CUDA only); by default it follows `compile` on CUDA."""
         super().__init__()
         keep_freed_memory()
         self.config = config
@@ -42,21 +42,21 @@ class StreamingAutoEncoder(nn.Module):
         self.change_detector = PixelChangeDetector() if config.use_change_detector else None
         sparse_init_model_(self)
         self.device = torch.device(device)
+        use_graph = compile if cuda_graph is None else cuda_graph
+        if use_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a CUDA device")
         # channels_last makes oneDNN's CPU convolutions faster; on CUDA, torch.compile's
-        # convolution backward rejects channels_last weights, and cuDNN needs no help.
+        # convolution backward rejected channels_last weights (torch 2.11).
         self.to(device, memory_format=torch.channels_last if self.device.type == "cpu" else torch.contiguous_format)
         self.flat_params = self._flatten_parameters()
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
-        self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr, capturable=self.device.type == "cuda")
+        self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr, capturable=bool(use_graph))
         self._lr_tensor = torch.tensor(self.lr, device=self.device)
         self.step = 0
         if compile:
-            import loss
-
-            torch.compiler.assume_constant_result(loss._blur_matrix)  # bake the SSIM blur matrices in
+            mark_constants_for_compile()
             self._network_loss = torch.compile(self._network_loss, dynamic=False)
-        use_graph = (compile if cuda_graph is None else cuda_graph) and self.device.type == "cuda"
         self.captured_step = CapturedStep(self._train_step) if use_graph else None
         self.logger = None
         self.performance = PerformanceMonitor()
@@ -94,7 +94,8 @@ class StreamingAutoEncoder(nn.Module):
         """Learn from one frame: forward, loss, backward, clip at 1.0, one optimizer step.
 
         Metrics are prequential: scored on this frame before the update. Nothing here
-        waits for the device unless `debug=True` (then the timing is synchronised).
+        waits for the device unless `debug=True` (then the timing is synchronised),
+        except once with a CUDA graph: capturing it (the 4th call) synchronises.
         A non-finite loss or gradient skips the update: ObGD gets delta = 0 and a zero
         gradient, Adam and SGD their fused `found_inf` flag; `skipped` reports it.
         """
@@ -105,9 +106,10 @@ class StreamingAutoEncoder(nn.Module):
             torch.cuda.synchronize(self.device)
         fps, step_ms = self.performance.tick(start)
         self.step += 1
+        embeddings = [outputs.pop(f"embedding{i}") for i in range(len(self.encoder.branches))]
         results = {
-            **{k: v for k, v in outputs.items() if not k.startswith("latent")},
-            "embeddings": [outputs[f"latent{i}"] for i in range(len(self.encoder.branches))],
+            **outputs,
+            "embeddings": embeddings,
             "input": x,
             "step": self.step,
             "fps": fps,
@@ -128,7 +130,7 @@ class StreamingAutoEncoder(nn.Module):
             **{k: v.detach() for k, v in parts.items()},
             "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
             "reconstruction": reconstruction.detach(),
-            **{f"latent{i}": z.detach() for i, z in enumerate(latents)},
+            **{f"embedding{i}": z.detach() for i, z in enumerate(latents)},
             "change_mask": mask,
             "step_size": step_size,
             "skipped": ~finite,
@@ -171,38 +173,45 @@ class StreamingAutoEncoder(nn.Module):
 
 
 class CapturedStep:
-    """Runs `step(x)` eagerly a few times, then captures it as one CUDA graph and replays it.
+    """Runs `update(x)` eagerly a few times, then captures it as one CUDA graph and replays it.
 
     A streaming update is hundreds of small kernels whose launches cost more than
-    their work; replaying a graph launches them all at once. The eager warm-up runs
+    their work; replaying a graph launches them all at once. The eager warm-ups run
     on a side stream, as CUDA graph capture requires, and each is a real update, so
     every frame is learned from exactly once. Replays write into the same buffers,
     so the outputs are packed into one flat tensor in the graph and copied out with
     one kernel per call: results stay valid after the next update.
+
+    The capture freezes what the update reads from Python (learning rate and other
+    hyper-parameters) and the addresses of every state tensor: load a checkpoint or
+    change a hyper-parameter before the capture, never after.
     """
 
-    def __init__(self, step, warmup: int = 3):
-        self.step = step
-        self.warmup = warmup
+    def __init__(self, update, warmups: int = 3):
+        self.update = update
+        self.warmups_left = warmups
         self.graph = None
+        self.static_input = None
+        self.layout = None  # (name, shape, dtype) of each packed output
+        self.packed = None
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.graph is not None:
             self.static_input.copy_(x)
             self.graph.replay()
             return self._unpack(self.packed.clone())
-        if self.warmup > 0:
-            self.warmup -= 1
+        if self.warmups_left > 0:
+            self.warmups_left -= 1
             side = torch.cuda.Stream(x.device)
             side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):
-                outputs = self.step(x)
+                outputs = self.update(x)
             torch.cuda.current_stream(x.device).wait_stream(side)
             return outputs
         self.static_input = x.clone()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            outputs = self.step(self.static_input)
+            outputs = self.update(self.static_input)
             self.layout = [(name, t.shape, t.dtype) for name, t in outputs.items()]
             self.packed = torch.cat([t.reshape(-1).float() for t in outputs.values()])
         self.graph.replay()

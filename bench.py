@@ -87,7 +87,11 @@ def matmul_gflops(device: torch.device) -> float:
 
 
 def stage_times(model: StreamingAutoEncoder, frames: list[np.ndarray], env, logger, device) -> dict:
-    """Median milliseconds of each stage of the live loop, synchronised between stages."""
+    """Median milliseconds of each stage of the live loop, synchronised between stages.
+
+    The stages run eagerly (compiled network and loss included) even where
+    update_params replays a CUDA graph: a graph cannot be timed by parts.
+    """
     names = ("env", "preprocess", "forward", "backward", "optimizer", "logging")
     samples = {name: [] for name in names}
     for frame in frames:
@@ -119,8 +123,8 @@ def stage_times(model: StreamingAutoEncoder, frames: list[np.ndarray], env, logg
 
 
 def count_gflop(config: ModelConfig, optimizer: str, frames: list[np.ndarray], device: torch.device) -> float:
-    """FLOPs of one update_params call, counted on an eager copy of the model (a
-    replayed CUDA graph or a compiled graph hides its ops from FlopCounterMode)."""
+    """FLOPs of one update_params call, counted on a fresh eager model of the same
+    config (a replayed CUDA graph or a compiled graph hides its ops from FlopCounterMode)."""
     torch.manual_seed(0)
     model = StreamingAutoEncoder(config, optimizer=optimizer, device=device)
     model.update_params(frames[0])
@@ -140,7 +144,7 @@ def bench_speed(args) -> dict:
         raise SystemExit("bench.py: --cuda-graph on needs --device cuda")
     model = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, compile=args.compile,
                                  cuda_graph=cuda_graph)
-    log("FLOPs (one eager update of the same model)")
+    log("FLOPs (one update of an eager model of the same config)")
     gflop = count_gflop(config, args.optimizer, frames, device)
     log("warm-up" + (" (compiling)" if args.compile else ""))
     for i in range(10):

@@ -18,8 +18,7 @@ def _blur_matrix(size: int, window: int, sigma: float, stride: int, device: torc
     """(size, outputs) banded matrix: column j is the 1-D Gaussian at rows j*stride ...
 
     Built once per argument set. A plain function over a dict (not `lru_cache`), so
-    that `torch.compiler.assume_constant_result` can mark it: torch.compile then
-    bakes the matrix into the graph instead of re-tracing its construction.
+    that `mark_constants_for_compile` can mark it.
     """
     key = (size, window, sigma, stride, device, dtype)
     if key not in _blur_matrices:
@@ -34,6 +33,13 @@ def _blur_matrix(size: int, window: int, sigma: float, stride: int, device: torc
     return _blur_matrices[key]
 
 
+def mark_constants_for_compile() -> None:
+    """Let torch.compile bake the SSIM blur matrices into its graph as constants,
+    instead of tracing their construction (a hundred index writes) into every call.
+    Called only when compiling: it imports torch._dynamo, ten seconds on a small CPU."""
+    torch.compiler.assume_constant_result(_blur_matrix)
+
+
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
@@ -41,19 +47,21 @@ class Luma(torch.autograd.Function):
     """(N, 3, H, W) RGB -> (N, 1, H, W) BT.601 luma Y, one strided pass per channel.
 
     The gradient is written channel by channel into the image's own layout
-    (channels_last here): a contraction over C (einsum) ran as a batched matmul and
+    (channels_last on a CPU): a contraction over C (einsum) ran as a batched matmul and
     returned a contiguous gradient, which made every later full-resolution op of
     the backward pass mix two layouts, five times slower on a CPU.
     """
 
     @staticmethod
     def forward(ctx, image: torch.Tensor) -> torch.Tensor:
-        ctx.layout = (image.shape, image.stride())
+        ctx.shape = image.shape
+        ctx.channels_last = image.is_contiguous(memory_format=torch.channels_last)
         return weighted_channel_sum(image, LUMA_WEIGHTS)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad_image = grad.new_empty_strided(*ctx.layout)
+        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        grad_image = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
         for c, weight in enumerate(LUMA_WEIGHTS):
             grad_image[:, c : c + 1] = grad * weight
         return grad_image

@@ -382,6 +382,8 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
         model.optimizer.load_state_dict(checkpoint["optimizer"])
         for group in model.optimizer.param_groups:
             group["lr"] = model.lr
+            if "capturable" in group:  # Adam saved without a CUDA graph refuses to be captured in one
+                group["capturable"] = model.captured_step is not None
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"checkpoint {config.checkpoint} does not fit this model ({first_line}); "

@@ -17,7 +17,7 @@ from torch import nn
 def _on_device(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device, made by a fill kernel: no host-to-device copy,
     which would wait for the device and cannot be captured in a CUDA graph."""
-    return value.to(like.dtype) if torch.is_tensor(value) else like.new_full((), value)
+    return value.to(device=like.device, dtype=like.dtype) if torch.is_tensor(value) else like.new_full((), value)
 
 
 class ObGD:
@@ -144,7 +144,8 @@ class AdaptiveObGD(ObGD):
     def load_state_dict(self, state_dict: dict) -> None:
         count = self.param_groups[0]["count"]
         super().load_state_dict(state_dict)
-        self.param_groups[0]["count"] = count.fill_(float(state_dict["param_groups"][0]["count"]))
+        # filled in place: a captured CUDA graph keeps reading this very tensor (an int in old checkpoints)
+        self.param_groups[0]["count"] = count.fill_(float(state_dict["param_groups"][0].get("count", 0)))
         for i, p in enumerate(self.params):
             self.state[p]["v"].copy_(state_dict["state"][i]["v"])
 
@@ -198,7 +199,8 @@ OPTIMIZERS = {
 
 
 def make_optimizer(name: str, params, lr: float, capturable: bool = False) -> torch.optim.Optimizer:
-    """`capturable` (CUDA graphs) matters only to Adam, whose step count must then live on the device."""
+    """`capturable` (for CUDA graphs) matters only to Adam, which refuses graph capture
+    without it; fused Adam keeps its step count on the device either way."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     extra = {"capturable": True} if capturable and name == "adam" else {}

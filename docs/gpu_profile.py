@@ -1,6 +1,9 @@
 """Where the time of one compiled, graph-captured update goes on a GPU.
 
-    python3 docs/gpu_profile.py   (on the GPU machine, after docs/gpu_run.sh's wheel install)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site python3 docs/gpu_profile.py
+
+(on a GPU machine without network, with the wheels of docs/BENCHMARKS.md in .whl/).
 
 For each setting it times, in updates per second: update_params on a numpy frame
 (what bench.py speed reports), update_params on a frame already on the GPU, and
@@ -10,27 +13,21 @@ It also times preprocess_frame alone. One JSON line per setting on stdout.
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoencoder import StreamingAutoEncoder  # noqa: E402
-from bench import collect_frames  # noqa: E402
+from bench import collect_frames, timed_rate  # noqa: E402
 from utils import preprocess_frame  # noqa: E402
 
 
 def rate(fn, count: int) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(count):
-        fn(i)
-    torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+    return timed_rate(fn, count, torch.device("cuda"), repeats=1)
 
 
-def profile(name: str, count: int = 2000) -> dict:
+def measure_setting(name: str, count: int = 2000) -> dict:
     frames = collect_frames("Breakout", 64)
     on_gpu = [preprocess_frame(f, "cuda") for f in frames]
     torch.manual_seed(0)
@@ -48,6 +45,6 @@ def profile(name: str, count: int = 2000) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(profile("default")), flush=True)
+    print(json.dumps(measure_setting("default")), flush=True)
     torch.backends.cudnn.benchmark = True
-    print(json.dumps(profile("cudnn.benchmark")), flush=True)
+    print(json.dumps(measure_setting("cudnn.benchmark")), flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks behind docs/BENCHMARKS.md, as one script for a lent GPU machine that
 # has its own python3 and torch but no network: gymnasium, ale-py and
-# farama-notifications travel as wheels in .whl/ (see docs/BENCHMARKS.md).
+# farama-notifications travel as wheels in .whl/ (docs/BENCHMARKS.md, "GPU", says how).
 # Writes every log and JSON line to docs/results/gpu/; where the device tool sets $OUT
 # (it returns at most 8 files), each JSON line and a tarball of everything go there too.
 set -u

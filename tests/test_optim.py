@@ -1,3 +1,4 @@
+import copy
 import io
 
 import numpy as np
@@ -93,6 +94,38 @@ def test_obgd_traces_survive_a_state_dict_round_trip():
         opt.step()
     for p, q in zip(model.parameters(), clone.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_adaptive_obgd_resumes_its_step_count_in_place_from_new_and_old_checkpoints():
+    """The bias correction's step count lives on the device, filled in place on load
+    (a captured CUDA graph keeps reading it); checkpoints before it held an int."""
+    model = _tiny_model()
+    optimizer = AdaptiveObGD(model.parameters())
+    for step in range(3):
+        optimizer.zero_grad()
+        loss = _loss(model, step)
+        loss.backward()
+        optimizer.step(loss=loss)
+    weights, saved = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    optimizer.zero_grad()
+    loss = _loss(model, 3)
+    loss.backward()
+    optimizer.step(loss=loss)
+    old_format = copy.deepcopy(saved)
+    old_format["param_groups"][0]["count"] = 3
+    for state in (saved, old_format):
+        clone = _tiny_model()
+        clone.load_state_dict(weights)
+        restored = AdaptiveObGD(clone.parameters())
+        count = restored.param_groups[0]["count"]
+        restored.load_state_dict(copy.deepcopy(state))
+        assert restored.param_groups[0]["count"] is count and count.item() == 3
+        restored.zero_grad()
+        loss = _loss(clone, 3)
+        loss.backward()
+        restored.step(loss=loss)
+        for p, q in zip(model.parameters(), clone.parameters()):
+            torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize("optimizer_class", [ObGD, AdaptiveObGD])
