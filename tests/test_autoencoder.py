@@ -99,6 +99,12 @@ def test_compression_ratios_reported_by_the_model(model):
     assert ratios == {"3x3": 68.8, "5x5": 120.4, "7x7": 142.3, "all": 33.5}
 
 
+def test_cuda_graph_follows_compile_on_cuda_only():
+    assert StreamingAutoEncoder(compile=True).captured_step is None
+    with pytest.raises(ValueError, match="CUDA"):
+        StreamingAutoEncoder(cuda_graph=True)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
