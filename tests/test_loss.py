@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from loss import SSIM_STRIDE, luma, reconstruction_loss, ssim
+from loss import LUMA_WEIGHTS, SSIM_STRIDE, luma, reconstruction_loss, ssim
 
 
 def test_loss_is_zero_for_identical_images():
@@ -79,3 +79,14 @@ def test_hand_written_pixel_loss_gradient_matches_autograd(weighted):
     reference = reference + 0.1 * (1 - ssim(luma(x), luma(y), stride=SSIM_STRIDE))
     reference.backward()
     assert torch.allclose(ours, x.grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_luma_is_the_bt601_weighted_sum_with_its_exact_gradient_in_the_image_layout(memory_format):
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 8, 8, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    expected = torch.einsum("nchw,c->nhw", image, torch.tensor(LUMA_WEIGHTS, dtype=torch.float64)).unsqueeze(1)
+    torch.testing.assert_close(luma(image), expected)
+    assert torch.autograd.gradcheck(luma, (image,))
+    (grad,) = torch.autograd.grad(luma(image).sum(), image)  # as handed on, before any accumulation
+    assert grad.is_contiguous(memory_format=memory_format)
