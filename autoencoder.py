@@ -42,7 +42,7 @@ class StreamingAutoEncoder(nn.Module):
         self.change_detector = PixelChangeDetector() if config.use_change_detector else None
         sparse_init_model_(self)
         self.device = torch.device(device)
-        use_graph = compile and self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        use_graph = (compile and self.device.type == "cuda") if cuda_graph is None else cuda_graph
         if use_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
         # channels_last makes oneDNN's CPU convolutions faster; on CUDA, torch.compile's
