@@ -49,7 +49,7 @@ class Luma(torch.autograd.Function):
     The gradient is written channel by channel into the image's own layout
     (channels_last on a CPU): a contraction over C (einsum) ran as a batched matmul and
     returned a contiguous gradient, which made every later full-resolution op of
-    the backward pass mix two layouts, five times slower on a CPU.
+    the backward pass mix two layouts, two to four times slower on a CPU.
     """
 
     @staticmethod

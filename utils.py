@@ -38,7 +38,7 @@ def weighted_channel_sum(image: torch.Tensor, weights: tuple[float, ...]) -> tor
     """sum over c of weights[c] * image[:, c], as (N, 1, H, W).
 
     One strided pass per channel: on a channels_last image a reduction over C is the
-    innermost one, about ten times slower on a CPU than these three passes.
+    innermost one, two to three times slower on a CPU than these three passes.
     """
     total = image[:, :1] * weights[0]
     for c in range(1, image.shape[1]):

@@ -1,0 +1,182 @@
+"""The CPU microbenchmarks behind docs/BENCHMARKS.md's speed analysis.
+
+    uv run docs/cpu_profile.py [layout|convs|ssim|threads|ops ...]   (all when none given)
+
+Each section prints plain lines of microseconds or milliseconds per call (median of
+repeated calls, after a warm-up). Run it on an otherwise idle machine.
+"""
+
+import collections
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from autoencoder import StreamingAutoEncoder  # noqa: E402
+from bench import collect_frames  # noqa: E402
+from loss import _blur_matrix, reconstruction_loss  # noqa: E402
+from utils import keep_freed_memory, weighted_channel_sum  # noqa: E402
+
+CL = torch.channels_last
+
+
+def us_per_call(fn, calls: int = 200) -> float:
+    for _ in range(calls // 10):
+        fn()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls // 5):
+            fn()
+        times.append((time.perf_counter() - start) / (calls // 5) * 1e6)
+    return statistics.median(times)
+
+
+def layout() -> None:
+    """Full-resolution elementwise ops with one layout or two; upsampling's backward."""
+    a = torch.rand(1, 3, 224, 224).contiguous(memory_format=CL)
+    b = torch.rand(1, 3, 224, 224).contiguous(memory_format=CL)
+    c = torch.rand(1, 3, 224, 224)
+    print(f"layout: mul channels_last*channels_last {us_per_call(lambda: a * b):.0f} us, "
+          f"channels_last*contiguous {us_per_call(lambda: a * c):.0f} us")
+    print(f"layout: mean over C of a channels_last image {us_per_call(lambda: a.mean(1, keepdim=True)):.0f} us, "
+          f"three strided passes {us_per_call(lambda: weighted_channel_sum(a, (1 / 3,) * 3)):.0f} us")
+    sliced = torch.randn(1, 96, 28, 28).contiguous(memory_format=CL)[:, :32]
+    dense = sliced.contiguous(memory_format=CL)
+
+    def upsample_backward(grad):
+        return torch.ops.aten.upsample_bilinear2d_backward(grad, [28, 28], [1, 32, 27, 27], False)
+
+    print(f"layout: bilinear upsampling backward on a strided slice {us_per_call(lambda: upsample_backward(sliced)):.0f} us, "
+          f"on a dense copy {us_per_call(lambda: upsample_backward(dense)):.0f} us "
+          f"+ the copy {us_per_call(lambda: sliced.contiguous(memory_format=CL)):.0f} us")
+
+
+def conv_backward(grad, x, weight, stride, padding, mask):
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
+                                               [0, 0], 1, mask)
+
+
+def convs() -> None:
+    """oneDNN's batch-1 convolution backward against the output channels; one merged first layer."""
+    x = torch.rand(1, 8, 110, 110).contiguous(memory_format=CL)
+    for out_channels in (4, 8, 16, 32):
+        w = torch.randn(out_channels, 8, 5, 5).contiguous(memory_format=CL)
+        g = torch.randn_like(F.conv2d(x, w, stride=2))
+        flops = 2 * g[0].numel() * 8 * 25 / 1e6
+        print(f"convs: 5x5 stride-2 from 8 channels to {out_channels} ({flops:.1f} MFLOP forward): backward "
+              f"{us_per_call(lambda: conv_backward(g, x, w, 2, 0, [True, True, False]), 50):.0f} us")
+    frame = torch.rand(1, 3, 224, 224).contiguous(memory_format=CL)
+    weights = [torch.randn(8, 3, k, k).contiguous(memory_format=CL) for k in (3, 5, 7)]
+    grads = [torch.randn_like(F.conv2d(frame, w, stride=2)) for w in weights]
+
+    def separate():
+        for w, g in zip(weights, grads):
+            F.conv2d(frame, w, stride=2)
+            conv_backward(g, frame, w, 2, 0, [False, True, False])
+
+    padded = F.pad(frame, (0, 4, 0, 4)).contiguous(memory_format=CL)
+    merged_weight = torch.randn(24, 3, 7, 7).contiguous(memory_format=CL)
+    merged_grad = torch.randn_like(F.conv2d(padded, merged_weight, stride=2))
+
+    def merged():
+        F.conv2d(padded, merged_weight, stride=2)
+        conv_backward(merged_grad, padded, merged_weight, 2, 0, [False, True, False])
+
+    print(f"convs: first layer, forward + weight gradient: three convolutions {us_per_call(separate, 50):.0f} us, "
+          f"one 24-channel 7x7 {us_per_call(merged, 50):.0f} us")
+
+
+def ssim() -> None:
+    """The SSIM blur along both axes: banded matrix products against eleven shifted slices."""
+    maps = torch.rand(3, 224, 224)
+    matrix = _blur_matrix(224, 11, 1.5, 2, maps.device, maps.dtype)
+    kernel = matrix[:11, 0].tolist()
+
+    def slices_along_last(a):
+        out = a[..., 0:213:2] * kernel[0]
+        for k in range(1, 11):
+            out.add_(a[..., k:k + 213:2], alpha=kernel[k])
+        return out
+
+    print(f"ssim: blur of three maps by matrix products {us_per_call(lambda: (maps @ matrix).mT @ matrix):.0f} us, "
+          f"by shifted slices {us_per_call(lambda: slices_along_last(slices_along_last(maps).mT)):.0f} us")
+
+
+class BranchThreads(StreamingAutoEncoder):
+    """The default model with its encoder branches run on two Python threads, forward and backward."""
+
+    pool = ThreadPoolExecutor(2, initializer=lambda: torch.set_num_threads(1))
+
+    def _network_loss(self, x, pixel_weight):
+        futures = [self.pool.submit(branch, x) for branch in reversed(self.encoder.branches)]
+        self.latents = [f.result() for f in futures][::-1]
+        self.leaves = [z.detach().requires_grad_() for z in self.latents]
+        reconstruction = self.decoder(self.leaves)
+        return reconstruction_loss(reconstruction, x, pixel_weight), reconstruction, self.latents
+
+    def backward(self, loss):
+        super().backward(loss)
+        futures = [self.pool.submit(torch.autograd.backward, z, leaf.grad) for z, leaf in zip(self.latents, self.leaves)]
+        for future in futures:
+            future.result()
+
+
+def threads() -> None:
+    """ms per update, windows alternating in one process: 2 torch threads, 1, and threaded branches."""
+    frames = collect_frames("Breakout", 64)
+    settings = {"2 torch threads": (StreamingAutoEncoder(), 2), "1 torch thread": (StreamingAutoEncoder(), 1),
+                "branches on 2 Python threads, 1 torch thread each": (BranchThreads(), 1)}
+    for model, _ in settings.values():
+        for frame in frames[:5]:
+            model.update_params(frame)
+    times = collections.defaultdict(list)
+    for window in range(45):
+        name = list(settings)[window % len(settings)]
+        model, count = settings[name]
+        torch.set_num_threads(count)
+        start = time.perf_counter()
+        for i in range(5):
+            model.update_params(frames[(window * 5 + i) % 64])
+        times[name].append((time.perf_counter() - start) / 5 * 1e3)
+    torch.set_num_threads(2)
+    for name, values in times.items():
+        print(f"threads: {name}: fastest window {min(values):.1f} ms, median {statistics.median(values):.1f} ms per update")
+
+
+def ops() -> None:
+    """Milliseconds per update by kind of op, timed one aten op at a time over 20 updates."""
+    frames = collect_frames("Breakout", 30)
+    model = StreamingAutoEncoder()
+    for frame in frames[:10]:
+        model.update_params(frame)
+    totals, counts = collections.Counter(), collections.Counter()
+
+    class Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            name = func.__name__
+            kind = "convolution" if "convolution" in name else "matmul" if name.split(".")[0] in ("mm", "bmm") else "other"
+            totals[kind] += time.perf_counter() - start
+            counts[kind] += 1
+            return out
+
+    with Timer():
+        for frame in frames[10:]:
+            model.update_params(frame)
+    for kind in totals:
+        print(f"ops: {kind}: {totals[kind] / 20 * 1e3:.1f} ms and {counts[kind] / 20:.0f} ops per update")
+
+
+if __name__ == "__main__":
+    keep_freed_memory()
+    sections = {"layout": layout, "convs": convs, "ssim": ssim, "threads": threads, "ops": ops}
+    for name in sys.argv[1:] or sections:
+        sections[name]()
