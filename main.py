@@ -31,6 +31,8 @@ from utils import postprocess_output
 
 DEFAULT_GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
 CHECKPOINT_FORMAT = 1
+# Architecture fields added after format 1 was fixed, with the values older checkpoints were built with.
+LEGACY_ARCHITECTURE = {"branch_heads": True, "upsampled_width": 16}
 WINDOW_TITLE = "Streaming autoencoder"
 
 
@@ -372,7 +374,7 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
     if checkpoint is None:
         return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels),
                                     optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile)
-    architecture = dict(checkpoint["architecture"])
+    architecture = {**LEGACY_ARCHITECTURE, **checkpoint["architecture"]}
     optimizer = architecture.pop("optimizer")
     try:
         model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})

@@ -2,8 +2,8 @@
 # The benchmark runs behind docs/BENCHMARKS.md. Each writes docs/results/<name>.json
 # (the JSON line of `bench.py ... --json`) and its progress to <name>.log.
 # Quality runs use one torch thread per stream; lanes a and b ran side by side
-# (`bash docs/quality_runs.sh a & bash docs/quality_runs.sh b`), then lane c, then
-# the speed lane on the otherwise idle machine.
+# (`bash docs/quality_runs.sh a & bash docs/quality_runs.sh b`), then the soak, then the
+# speed lane on the otherwise idle machine.
 set -u
 cd "$(dirname "$0")/.."
 out=docs/results
@@ -15,17 +15,20 @@ case "${1:-}" in
     q default_20k_SpaceInvaders --frames 20000 --games SpaceInvaders
     q default_20k_Asteroids --frames 20000 --games Asteroids
     q ablation_residual_3k --frames 3000 --games Breakout Assault --set use_residual=True
-    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True
-    q other_games_5k --frames 5000 --games Pong Seaquest ;;
+    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True ;;
   b)
     q default_20k_Assault --frames 20000 --games Assault
     q default_20k_Breakout --frames 20000 --games Breakout
-    q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd
-    q ablation_no_layer_norm_3k --frames 3000 --games Breakout Assault --set use_layer_norm=False
-    q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False ;;
-  c)
     q ablation_default_3k --frames 3000 --games Breakout Assault
-    q ablation_plain_sigmoid_3k --frames 3000 --games Breakout Assault --set output_margin=0.0 ;;
+    q ablation_no_layer_norm_3k --frames 3000 --games Breakout Assault --set use_layer_norm=False
+    q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False
+    q ablation_plain_sigmoid_3k --frames 3000 --games Breakout Assault --set output_margin=0.0
+    q candidate_branch_heads_3k --frames 3000 --games Breakout Assault --set branch_heads=True
+    q candidate_encoder_8_16_3k --frames 3000 --games Breakout Assault --set encoder_widths=8,16
+    q candidate_upsampled_8_3k --frames 3000 --games Breakout Assault --set upsampled_width=8 ;;
+  c)  # last run at commit 9cb38fe, with the previous default (encoder_widths=8,16 branch_heads=True)
+    q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd
+    q other_games_5k --frames 5000 --games Pong Seaquest ;;
   speed)
     for run in 1 2 3 4 5; do s speed_default_run$run; done
     s speed_residual --set use_residual=True
@@ -33,6 +36,10 @@ case "${1:-}" in
     s speed_no_layer_norm --set use_layer_norm=False
     s speed_no_change_detector --set use_change_detector=False
     s speed_plain_sigmoid --set output_margin=0.0
+    s speed_branch_heads --set branch_heads=True
+    s speed_encoder_8_16 --set encoder_widths=8,16
+    s speed_previous_default --set branch_heads=True encoder_widths=8,16
+    s speed_upsampled_8 --set upsampled_width=8
     s speed_compile --compile ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;

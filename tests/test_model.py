@@ -33,12 +33,16 @@ def test_compression_ratios_are_the_honest_counts():
     assert sum(c * h * w for c, h, w in ModelConfig().latent_shapes()) == 4495
 
 
-def test_decoder_sees_only_latents_and_outputs_a_224_image_in_0_1():
-    decoder = Decoder(ModelConfig())
-    latents = [torch.randn(1, *shape) for shape in SPEC_SHAPES]
+@pytest.mark.parametrize("branch_heads", [False, True])
+def test_decoder_sees_only_latents_and_outputs_a_224_image_in_0_1(branch_heads):
+    decoder = Decoder(ModelConfig(branch_heads=branch_heads))
+    assert (decoder.heads is not None) == branch_heads
+    latents = [torch.randn(1, *shape, requires_grad=True) for shape in SPEC_SHAPES]
     out = decoder(latents)
     assert out.shape == (1, 3, 224, 224)
     assert 0.0 <= out.min().item() and out.max().item() <= 1.0
+    out.mean().backward()
+    assert all(z.grad.abs().sum() > 0 for z in latents)  # every branch reaches the image
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,21 @@ def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
             pickle.dump({"model": _RunsCode(str(marker))}, file)
 
 
+def test_a_checkpoint_saved_before_branch_heads_was_a_field_resumes(tmp_path):
+    """Older checkpoints lack the field; their decoder had a head per branch."""
+    path = tmp_path / "quick_demo_model.pth"
+    _valid_checkpoint(path, StreamingAutoEncoder(ModelConfig(branch_heads=True)))
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["architecture"]["branch_heads"]
+    torch.save(checkpoint, path)
+    result = run_main([*HEADLESS, "--steps", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "resumed" in result.stdout
+    assert checkpoint_step(path) == 2
+    saved = torch.load(path, weights_only=True)
+    assert "decoder.heads.0.weight" in saved["model"] and saved["architecture"]["branch_heads"] is True
+
+
 @pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "code"])
 def test_a_bad_checkpoint_is_refused_in_one_line_and_left_untouched(tmp_path, kind):
     path, marker = tmp_path / "quick_demo_model.pth", tmp_path / "code_ran"
