@@ -1,6 +1,6 @@
 """The CPU microbenchmarks behind docs/BENCHMARKS.md's speed analysis.
 
-    uv run docs/cpu_profile.py [layout|convs|ssim|threads|ops ...]   (all when none given)
+    uv run docs/cpu_profile.py [layout|convs|ssim|threads|ops|candidates ...]   (all when none given)
 
 Each section prints plain lines of microseconds or milliseconds per call (median of
 repeated calls, after a warm-up). Run it on an otherwise idle machine.
@@ -19,8 +19,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoencoder import StreamingAutoEncoder  # noqa: E402
-from bench import collect_frames  # noqa: E402
+from bench import collect_frames, count_gflop  # noqa: E402
 from loss import _blur_matrix, reconstruction_loss  # noqa: E402
+from model import ModelConfig  # noqa: E402
 from utils import keep_freed_memory, weighted_channel_sum  # noqa: E402
 
 CL = torch.channels_last
@@ -175,8 +176,51 @@ def ops() -> None:
         print(f"ops: {kind}: {totals[kind] / 20 * 1e3:.1f} ms and {counts[kind] / 20:.0f} ops per update")
 
 
+CANDIDATES = {
+    "default": {},
+    "previous default (branch heads, encoder 8,16)": {"branch_heads": True, "encoder_widths": (8, 16)},
+    "branch heads": {"branch_heads": True},
+    "encoder 8,16": {"encoder_widths": (8, 16)},
+    "upsampled width 8": {"upsampled_width": 8},
+    "+ residual": {"use_residual": True},
+    "+ transformer": {"use_transformer": True},
+    "- layer norm": {"use_layer_norm": False},
+    "- change detector": {"use_change_detector": False},
+    "plain sigmoid": {"output_margin": 0.0},
+}
+
+
+def candidates() -> None:
+    """ms per update of each candidate model, in windows that take turns in one process.
+
+    The machine's speed drifts by 10-30% over minutes, more than most candidates differ;
+    taking turns every 15 updates exposes all of them to the same drift, and the median
+    ratio of each window to the default's window of the same round cancels it.
+    """
+    frames = collect_frames("Breakout", 64)
+    models = {}
+    for name, overrides in CANDIDATES.items():
+        torch.manual_seed(0)
+        models[name] = StreamingAutoEncoder(ModelConfig(**overrides))
+        for frame in frames[:10]:
+            models[name].update_params(frame)
+    times = collections.defaultdict(list)
+    for round_ in range(16):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for i in range(15):
+                model.update_params(frames[(round_ * 15 + i) % 64])
+            times[name].append((time.perf_counter() - start) / 15 * 1e3)
+    for name, values in times.items():
+        ratio = statistics.median(a / b for a, b in zip(values, times["default"]))
+        gflop = count_gflop(ModelConfig(**CANDIDATES[name]), "obgd-adaptive", frames, torch.device("cpu"))
+        print(f"candidates: {name}: {gflop:.3f} GFLOP, median {statistics.median(values):.1f} ms per update, "
+              f"{ratio:.3f} x the default's time")
+
+
 if __name__ == "__main__":
     keep_freed_memory()
-    sections = {"layout": layout, "convs": convs, "ssim": ssim, "threads": threads, "ops": ops}
+    sections = {"layout": layout, "convs": convs, "ssim": ssim, "threads": threads, "ops": ops,
+                "candidates": candidates}
     for name in sys.argv[1:] or sections:
         sections[name]()

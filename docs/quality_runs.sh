@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark runs behind docs/BENCHMARKS.md. Each writes docs/results/<name>.json
 # (the JSON line of `bench.py ... --json`) and its progress to <name>.log.
-# Quality runs use one torch thread per stream; lanes a and b ran side by side
-# (`bash docs/quality_runs.sh a & bash docs/quality_runs.sh b`), then the soak, then the
-# speed lane on the otherwise idle machine.
+# Quality runs use one torch thread per stream; lanes a, b and c ran side by side
+# (`bash docs/quality_runs.sh a & bash docs/quality_runs.sh b & bash docs/quality_runs.sh c`),
+# then the soak, then the speed lane on the otherwise idle machine.
 set -u
 cd "$(dirname "$0")/.."
 out=docs/results
@@ -26,21 +26,14 @@ case "${1:-}" in
     q candidate_branch_heads_3k --frames 3000 --games Breakout Assault --set branch_heads=True
     q candidate_encoder_8_16_3k --frames 3000 --games Breakout Assault --set encoder_widths=8,16
     q candidate_upsampled_8_3k --frames 3000 --games Breakout Assault --set upsampled_width=8 ;;
-  c)  # last run at commit 9cb38fe, with the previous default (encoder_widths=8,16 branch_heads=True)
+  c)
     q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd
-    q other_games_5k --frames 5000 --games Pong Seaquest ;;
+    q other_games_5k --frames 5000 --games Pong Seaquest
+    q candidate_previous_default_3k --frames 3000 --games Breakout Assault --set branch_heads=True encoder_widths=8,16 ;;
   speed)
     for run in 1 2 3 4 5; do s speed_default_run$run; done
-    s speed_residual --set use_residual=True
-    s speed_transformer --set use_transformer=True
-    s speed_no_layer_norm --set use_layer_norm=False
-    s speed_no_change_detector --set use_change_detector=False
-    s speed_plain_sigmoid --set output_margin=0.0
-    s speed_branch_heads --set branch_heads=True
-    s speed_encoder_8_16 --set encoder_widths=8,16
-    s speed_previous_default --set branch_heads=True encoder_widths=8,16
-    s speed_upsampled_8 --set upsampled_width=8
-    s speed_compile --compile ;;
+    s speed_compile --compile
+    uv run docs/cpu_profile.py > "$out/cpu_profile.txt" ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
   *) echo "usage: bash docs/quality_runs.sh a|b|c|speed|soak" >&2; exit 2 ;;

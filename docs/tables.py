@@ -8,6 +8,7 @@ mean-frame floor and JPEG line (the streams of one game share their frames).
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,13 +16,19 @@ DOCS = Path(__file__).resolve().parent
 RESULTS = DOCS / "results"
 sys.path.insert(0, str(DOCS.parent))
 GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
-ABLATIONS = [  # (label, quality run, speed run)
-    ("**default** (layer norm, change detector, reachable sigmoid)", "ablation_default_3k", "speed_default"),
-    ("+ residual", "ablation_residual_3k", "speed_residual"),
-    ("+ transformer", "ablation_transformer_3k", "speed_transformer"),
-    ("- layer norm", "ablation_no_layer_norm_3k", "speed_no_layer_norm"),
-    ("- change detector", "ablation_no_change_detector_3k", "speed_no_change_detector"),
-    ("plain sigmoid head (`output_margin=0`)", "ablation_plain_sigmoid_3k", "speed_plain_sigmoid"),
+ABLATIONS = [  # (label, quality run, candidate name in docs/cpu_profile.py)
+    ("**default** (one 3x3 fusion, encoder 8,8, layer norm, change detector, reachable sigmoid)",
+     "ablation_default_3k", "default"),
+    ("previous default (`branch_heads=True encoder_widths=8,16`)", "candidate_previous_default_3k",
+     "previous default (branch heads, encoder 8,16)"),
+    ("+ branch heads (`branch_heads=True`)", "candidate_branch_heads_3k", "branch heads"),
+    ("encoder 8,16 (`encoder_widths=8,16`)", "candidate_encoder_8_16_3k", "encoder 8,16"),
+    ("8 channels at 56x56 (`upsampled_width=8`)", "candidate_upsampled_8_3k", "upsampled width 8"),
+    ("+ residual", "ablation_residual_3k", "+ residual"),
+    ("+ transformer", "ablation_transformer_3k", "+ transformer"),
+    ("- layer norm", "ablation_no_layer_norm_3k", "- layer norm"),
+    ("- change detector", "ablation_no_change_detector_3k", "- change detector"),
+    ("plain sigmoid head (`output_margin=0`)", "ablation_plain_sigmoid_3k", "plain sigmoid"),
 ]
 
 
@@ -48,14 +55,21 @@ def quality_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def candidate_speeds() -> dict[str, tuple[float, float]]:
+    """(GFLOP, time relative to the default) per candidate, from `docs/cpu_profile.py candidates`."""
+    path = RESULTS / "cpu_profile.txt"
+    pattern = re.compile(r"candidates: (.+): ([\d.]+) GFLOP, median [\d.]+ ms per update, ([\d.]+) x")
+    matches = (pattern.match(line) for line in (path.read_text().splitlines() if path.exists() else []))
+    return {m[1]: (float(m[2]), float(m[3])) for m in matches if m}
+
+
 def ablation_table() -> str:
-    lines = ["| model | GFLOP/update | updates/s | loop FPS | Breakout PSNR - floor | Assault PSNR - floor |",
-             "|---|---|---|---|---|---|"]
-    for label, name, speed_name in ABLATIONS:
+    lines = ["| model | GFLOP/update | time per update vs default | Breakout PSNR - floor | Assault PSNR - floor |",
+             "|---|---|---|---|---|"]
+    speeds = candidate_speeds()
+    for label, name, candidate in ABLATIONS:
         by_game = {r["game"]: r["psnr"] - r["floor_psnr"] for r in rows(name)}
-        measured = load(speed_name)
-        fast = (f"{measured['gflop_per_update']:.3f} | {measured['update_fps']:.1f} | {measured['loop_fps']:.1f}"
-                if measured else "- | - | -")
+        fast = f"{speeds[candidate][0]:.3f} | {speeds[candidate][1]:.2f}x" if candidate in speeds else "- | -"
         cells = " | ".join(f"{by_game[g]:+.2f} dB" if g in by_game else "-" for g in ("Breakout", "Assault"))
         lines.append(f"| {label} | {fast} | {cells} |")
     return "\n".join(lines)
