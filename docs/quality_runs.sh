@@ -32,9 +32,10 @@ case "${1:-}" in
     q candidate_previous_default_3k --frames 3000 --games Breakout Assault --set branch_heads=True encoder_widths=8,16 ;;
   speed)
     for run in 1 2 3 4 5; do s speed_default_run$run; done
-    s speed_compile --compile
     uv run docs/cpu_profile.py > "$out/cpu_profile.txt" ;;
+  compile)  # last run at commit 9cb38fe, on the previous default (branch_heads=True encoder_widths=8,16)
+    s speed_compile --compile ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
-  *) echo "usage: bash docs/quality_runs.sh a|b|c|speed|soak" >&2; exit 2 ;;
+  *) echo "usage: bash docs/quality_runs.sh a|b|c|speed|compile|soak" >&2; exit 2 ;;
 esac
