@@ -236,9 +236,10 @@ class Decoder(nn.Module):
 
     The latents are resized bilinearly to `fused_size` and fused by one 3x3 conv over
     their concatenation (with `branch_heads`, each latent first gets its own 3x3 conv
-    and the fusion is 1x1: four convolutions instead of one, 6% slower for no measured
-    gain). The trunk upsamples 28 -> 56 -> 224 with PixelShuffle, so no convolution
-    runs at 224x224 (full-resolution layers dominate the cost). It sees the latents only.
+    and the fusion is 1x1: four convolutions instead of one, 11% slower and no better in
+    docs/BENCHMARKS.md's ablation). The trunk upsamples 28 -> 56 -> 224 with PixelShuffle,
+    so no convolution runs at 224x224 (full-resolution layers dominate the cost). It sees
+    the latents only.
     """
 
     def __init__(self, config: ModelConfig):
