@@ -31,7 +31,8 @@ from utils import postprocess_output
 
 DEFAULT_GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
 CHECKPOINT_FORMAT = 1
-# Architecture fields added after format 1 was fixed, with the values older checkpoints were built with.
+# Architecture fields added after format 1 was fixed, with the values older checkpoints were built with
+# (their upsampled width was decoder_width // 2, and main.py always used decoder_width 32).
 LEGACY_ARCHITECTURE = {"branch_heads": True, "upsampled_width": 16}
 WINDOW_TITLE = "Streaming autoencoder"
 

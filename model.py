@@ -177,7 +177,7 @@ class Encoder(nn.Module):
         return [branch(x) for branch in self.branches]
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The widest feature map of each branch, for visualisation."""
+        """The second stage's feature maps of each branch, for visualisation."""
         return {f"{k}x{k}": b.stage2(b.stage1(x)) for k, b in zip(BRANCH_KERNELS, self.branches)}
 
 

@@ -16,7 +16,7 @@ DOCS = Path(__file__).resolve().parent
 RESULTS = DOCS / "results"
 sys.path.insert(0, str(DOCS.parent))
 GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
-ABLATIONS = [  # (label, quality run, candidate name in docs/cpu_profile.py)
+CANDIDATES = [  # (label, quality run, candidate name in docs/cpu_profile.py)
     ("**default** (one 3x3 fusion, encoder 8,8, layer norm, change detector, reachable sigmoid)",
      "ablation_default_3k", "default"),
     ("previous default (`branch_heads=True encoder_widths=8,16`)", "candidate_previous_default_3k",
@@ -33,11 +33,6 @@ ABLATIONS = [  # (label, quality run, candidate name in docs/cpu_profile.py)
 
 
 def load(name: str) -> dict | None:
-    """One run's JSON; "speed_default" is the median (by update_fps) of the repeated runs."""
-    if name == "speed_default":
-        runs = sorted(filter(None, map(load, sorted(p.stem for p in RESULTS.glob("speed_default_run*.json")))),
-                      key=lambda r: r["update_fps"])
-        return runs[len(runs) // 2] if runs else None
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() and path.read_text().strip() else None
 
@@ -67,7 +62,7 @@ def ablation_table() -> str:
     lines = ["| model | GFLOP/update | time per update vs default | Breakout PSNR - floor | Assault PSNR - floor |",
              "|---|---|---|---|---|"]
     speeds = candidate_speeds()
-    for label, name, candidate in ABLATIONS:
+    for label, name, candidate in CANDIDATES:
         by_game = {r["game"]: r["psnr"] - r["floor_psnr"] for r in rows(name)}
         fast = f"{speeds[candidate][0]:.3f} | {speeds[candidate][1]:.2f}x" if candidate in speeds else "- | -"
         cells = " | ".join(f"{by_game[g]:+.2f} dB" if g in by_game else "-" for g in ("Breakout", "Assault"))

@@ -107,11 +107,12 @@ def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
 
 
 def test_a_checkpoint_saved_before_branch_heads_was_a_field_resumes(tmp_path):
-    """Older checkpoints lack the field; their decoder had a head per branch."""
+    """Older checkpoints lack the newer fields; their decoder had a head per branch."""
     path = tmp_path / "quick_demo_model.pth"
-    _valid_checkpoint(path, StreamingAutoEncoder(ModelConfig(branch_heads=True)))
+    _valid_checkpoint(path, StreamingAutoEncoder(ModelConfig(branch_heads=True, encoder_widths=(8, 16))))
     checkpoint = torch.load(path, weights_only=True)
-    del checkpoint["architecture"]["branch_heads"]
+    for field in main.LEGACY_ARCHITECTURE:
+        del checkpoint["architecture"][field]
     torch.save(checkpoint, path)
     result = run_main([*HEADLESS, "--steps", "2"], tmp_path)
     assert result.returncode == 0, result.stderr

@@ -27,7 +27,8 @@ def test_window_shows_three_panels_and_q_quits_cleanly(tmp_path, xserver):
             window = xserver.find_window("Streaming autoencoder")
             return window is not None and process.poll() is None
 
-        assert wait_for(window_is_up, 120), process.stderr.read() if process.poll() is not None else "no window"
+        assert wait_for(window_is_up, 120), (process.stderr.read() if process.poll() is not None else "no window",
+                                             f"Xvfb running: {xserver.process.poll() is None}")
 
         def drawn():
             image = xserver.screenshot(window)

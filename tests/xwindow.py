@@ -26,10 +26,14 @@ class Xvfb:
         self.process = subprocess.Popen(["Xvfb", self.display, "-screen", "0", size, "-nolisten", "tcp"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        while not Path(f"/tmp/.X11-unix/X{self.display[1:]}").exists():
+        while not self.answers():  # a client connects, not just the socket file exists
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError("Xvfb did not start")
             time.sleep(0.1)
+
+    def answers(self) -> bool:
+        return (Path(f"/tmp/.X11-unix/X{self.display[1:]}").exists()
+                and self.run("xdotool", "getdisplaygeometry").returncode == 0)
 
     def run(self, *command: str) -> subprocess.CompletedProcess:
         return subprocess.run(command, env={"DISPLAY": self.display, "PATH": "/usr/bin:/bin"},
