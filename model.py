@@ -261,14 +261,13 @@ class Decoder(nn.Module):
         self.norm = LayerNormalization() if config.use_layer_norm else nn.Identity()
 
     def forward(self, latents: list[torch.Tensor]) -> torch.Tensor:
-        size = (self.fused_size, self.fused_size)
+        def resize(z: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(z, size=(self.fused_size, self.fused_size), mode="bilinear", align_corners=False)
+
         if self.heads is None:
-            branches = [F.interpolate(z, size=size, mode="bilinear", align_corners=False) for z in latents]
+            branches = [resize(z) for z in latents]
         else:
-            branches = [
-                DenseGrad.apply(F.interpolate(F.leaky_relu(head(z)), size=size, mode="bilinear", align_corners=False))
-                for head, z in zip(self.heads, latents)
-            ]
+            branches = [DenseGrad.apply(resize(F.leaky_relu(head(z)))) for head, z in zip(self.heads, latents)]
         x = F.leaky_relu(self.norm(self.fuse(torch.cat(branches, dim=1))))
         x = self.transformer(self.residual(x))
         x = F.leaky_relu(self.norm(self.up(x)))
