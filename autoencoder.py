@@ -155,9 +155,10 @@ class StreamingAutoEncoder(nn.Module):
     def optimizer_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 3: clip at 1.0, zero a non-finite gradient, step; (step size, finite)."""
         grad = self.flat_params.grad
-        grad_norm = nn.utils.clip_grad_norm_([self.flat_params], MAX_GRAD_NORM)
-        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-        grad.copy_(torch.where(finite, grad, 0.0))
+        norm = torch.linalg.vector_norm(grad)
+        finite = torch.isfinite(loss.detach() + norm)  # a sum is finite exactly when both terms are
+        clip = torch.where(finite, (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0), 0.0)  # clip_grad_norm_'s factor
+        grad.mul_(clip).nan_to_num_(0.0, 0.0, 0.0)  # a no-op when finite; else zero (NaN * 0 stays NaN)
         if self.optimizer_name in ("adam", "sgd"):
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()

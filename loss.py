@@ -2,16 +2,13 @@
 
 import torch
 
-from utils import weighted_channel_sum
-
 MSE_WEIGHT, L1_WEIGHT, SSIM_WEIGHT = 1.0, 0.5, 0.1
 SSIM_C1, SSIM_C2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2  # data_range = 1.0
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+SSIM_STRIDE = 2  # the training loss averages the SSIM map over every 2nd window position in each direction
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
-
-SSIM_STRIDE = 2  # average the SSIM map over every 2nd window position in each direction
-
-
-_blur_matrices: dict[tuple, torch.Tensor] = {}
+_constants: dict[tuple, torch.Tensor] = {}
 
 
 def _blur_matrix(size: int, window: int, sigma: float, stride: int, device: torch.device, dtype: torch.dtype):
@@ -20,8 +17,8 @@ def _blur_matrix(size: int, window: int, sigma: float, stride: int, device: torc
     Built once per argument set. A plain function over a dict (not `lru_cache`), so
     that `mark_constants_for_compile` can mark it.
     """
-    key = (size, window, sigma, stride, device, dtype)
-    if key not in _blur_matrices:
+    key = ("blur", size, window, sigma, stride, device, dtype)
+    if key not in _constants:
         coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
         kernel = torch.exp(-(coords**2) / (2 * sigma**2))
         kernel /= kernel.sum()
@@ -29,117 +26,137 @@ def _blur_matrix(size: int, window: int, sigma: float, stride: int, device: torc
         matrix = torch.zeros(size, len(starts), dtype=torch.float64)
         for j, start in enumerate(starts):
             matrix[start : start + window, j] = kernel
-        _blur_matrices[key] = matrix.to(device=device, dtype=dtype)
-    return _blur_matrices[key]
+        _constants[key] = matrix.to(device=device, dtype=dtype)
+    return _constants[key]
+
+
+def _luma_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """LUMA_WEIGHTS as a (3,) tensor, built once per device: no host-to-device copy per call."""
+    key = ("luma", device, dtype)
+    if key not in _constants:
+        _constants[key] = torch.tensor(LUMA_WEIGHTS, dtype=dtype).to(device)
+    return _constants[key]
 
 
 def mark_constants_for_compile() -> None:
-    """Let torch.compile bake the SSIM blur matrices into its graph as constants,
-    instead of tracing their construction (a hundred index writes) into every call.
-    Called only when compiling: it imports torch._dynamo, ten seconds on a small CPU."""
+    """Let torch.compile bake the blur matrices and luma weights into its graph as
+    constants, instead of tracing their construction (a hundred index writes) into every
+    call. Called only when compiling: it imports torch._dynamo, ten seconds on a small CPU."""
     torch.compiler.assume_constant_result(_blur_matrix)
+    torch.compiler.assume_constant_result(_luma_weights)
 
 
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
-
-
-class Luma(torch.autograd.Function):
-    """(N, 3, H, W) RGB -> (N, 1, H, W) BT.601 luma Y, one strided pass per channel.
-
-    The gradient is written channel by channel into the image's own layout
-    (channels_last on a CPU): a contraction over C (einsum) ran as a batched matmul and
-    returned a contiguous gradient, which made every later full-resolution op of
-    the backward pass mix two layouts, two to four times slower on a CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, image: torch.Tensor) -> torch.Tensor:
-        ctx.shape = image.shape
-        ctx.channels_last = image.is_contiguous(memory_format=torch.channels_last)
-        return weighted_channel_sum(image, LUMA_WEIGHTS)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        grad_image = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
-        for c, weight in enumerate(LUMA_WEIGHTS):
-            grad_image[:, c : c + 1] = grad * weight
-        return grad_image
+def _pixels(image: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N*H*W, C): a view of a channels_last image (a copy otherwise)."""
+    return image.permute(0, 2, 3, 1).reshape(-1, image.shape[1])
 
 
 def luma(image: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB -> (N, 1, H, W) BT.601 luma Y."""
-    return Luma.apply(image)
+    n, _, h, w = image.shape
+    return (_pixels(image) @ _luma_weights(image.device, image.dtype)).view(n, 1, h, w)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5, stride: int = 1) -> torch.Tensor:
+def _blur_pair(size: tuple[int, int], stride: int, like: torch.Tensor):
+    h, w = size
+    return (_blur_matrix(h, SSIM_WINDOW, SSIM_SIGMA, stride, like.device, like.dtype),
+            _blur_matrix(w, SSIM_WINDOW, SSIM_SIGMA, stride, like.device, like.dtype))
+
+
+def _blur(maps: torch.Tensor, along_h: torch.Tensor, along_w: torch.Tensor) -> torch.Tensor:
+    """Gaussian-blur (B, H, W) maps at the window positions: (B, W', H'), transposed.
+
+    The separable blur runs as two matrix products with banded Gaussian matrices: on a
+    CPU that beats a depthwise convolution, whose cost here is per-call overhead. The
+    maps come out transposed, which no elementwise statistic or mean sees.
+    """
+    return (maps @ along_w).mT @ along_h
+
+
+def _ssim_map(mu_x, mu_y, xx, yy, xy):
+    """The SSIM map from the blurred statistics, and its numerator and denominator factors."""
+    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    n1, n2 = 2 * mu_xy + SSIM_C1, 2 * (xy - mu_xy) + SSIM_C2
+    d1, d2 = mu_xx + mu_yy + SSIM_C1, (xx - mu_xx) + (yy - mu_yy) + SSIM_C2
+    return n1 * n2 / (d1 * d2), (n1, n2, d1, d2)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """Mean SSIM (Wang et al. 2004) of two (N, C, H, W) images with data_range = 1.
 
     An 11x11 Gaussian window (sigma 1.5) over the valid region, the definition of
     skimage's `structural_similarity(gaussian_weights=True, use_sample_covariance=False,
     data_range=1.0)`, averaged over channels. With `stride` s the same SSIM map is
-    averaged over every s-th window position in each direction.
-
-    The separable blur runs as two matrix products with banded Gaussian matrices:
-    on a CPU that beats a depthwise convolution, whose cost here is per-call overhead.
-    The blurred maps come out transposed (W, H), the same for all, which the mean
-    does not see.
+    averaged over every s-th window position in each direction. Differentiable by autograd.
     """
-    h, w = x.shape[-2:]
-    along_w = _blur_matrix(w, window, sigma, stride, x.device, x.dtype)
-    along_h = _blur_matrix(h, window, sigma, stride, x.device, x.dtype)
-
-    def blur(maps: torch.Tensor) -> torch.Tensor:
-        return (maps @ along_w).mT @ along_h
-
-    channels = x.shape[1]
-    if y.requires_grad:
-        mu_x, mu_y, xx, yy, xy = blur(torch.cat([x, y, x * x, y * y, x * y], dim=1)).split(channels, dim=1)
-    else:  # the usual case, a fixed target: its statistics need no graph
-        with torch.no_grad():
-            mu_y, yy = blur(torch.cat([y, y * y], dim=1)).split(channels, dim=1)
-        mu_x, xx, xy = blur(torch.cat([x, x * x, x * y], dim=1)).split(channels, dim=1)
-    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
-    denominator = (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
-    return (numerator / denominator).mean()
+    along_h, along_w = _blur_pair(x.shape[-2:], stride, x)
+    maps = torch.cat([x, y, x * x, y * y, x * y]).flatten(0, 1)
+    stats = _blur(maps, along_h, along_w).unflatten(0, (5, -1))
+    return _ssim_map(*stats.unbind(0))[0].mean()
 
 
-class PixelLoss(torch.autograd.Function):
-    """MSE + 0.5 * L1 of (reconstruction - target), optionally per-pixel weighted.
+class ReconstructionLoss(torch.autograd.Function):
+    """The whole training loss with a hand-written backward; outputs (loss, mse, l1, ssim).
 
-    Returns (mse + 0.5 * l1 with the weights, plain mse, plain l1); only the first
-    is differentiable. One hand-written backward, 2 * w * e / n + 0.5 * w * sign(e) / n,
-    replaces autograd's dozen full-resolution passes, which cost more on a CPU
-    than the arithmetic (plain and weighted terms, each mean, pow and abs).
+    Only the loss is differentiable, with respect to the reconstruction. On a CPU each
+    full-resolution pass costs more than its arithmetic, so this keeps them few: the
+    forward reads the images nine times (colour reductions per pixel are matrix-vector
+    products on the (pixels, 3) view), and the backward writes the gradient in four
+    passes, in the reconstruction's own layout (channels_last on a CPU). The SSIM
+    gradient is three transposed blurs of the SSIM map's partial derivatives in
+    mu_x, E[x^2] and E[xy]. Autograd over the same formulas took 2% more time per
+    update (docs/BENCHMARKS.md).
     """
 
     @staticmethod
     def forward(ctx, reconstruction, target, pixel_weight):
+        count = reconstruction.numel()
         error = reconstruction - target
-        squared, absolute = error * error, error.abs()
-        mse, l1 = squared.mean(), absolute.mean()
+        flat_error = _pixels(error).reshape(-1)
+        absolute = flat_error.abs()
+        mse, l1 = flat_error.dot(flat_error) / count, absolute.sum() / count
         if pixel_weight is None:
-            weight = None
-            weighted = MSE_WEIGHT * mse + L1_WEIGHT * l1
-        else:  # normalised to mean 1; applied per pixel after summing over C (no broadcast over C)
-            weight = pixel_weight / pixel_weight.mean()
-            per_value = torch.add(squared, absolute, alpha=L1_WEIGHT / MSE_WEIGHT)
-            per_pixel = weighted_channel_sum(per_value, (1.0,) * per_value.shape[1])
-            weighted = MSE_WEIGHT * (per_pixel * weight).sum() / error.numel()
-        ctx.save_for_backward(error, weight)
-        ctx.mark_non_differentiable(mse, l1)
-        return weighted, mse, l1
+            weight_mean = None
+            pixel_terms = MSE_WEIGHT * mse + L1_WEIGHT * l1
+        else:  # normalised to mean 1: sum over pixels of w * (MSE_WEIGHT * e^2 + L1_WEIGHT * |e|), per channel
+            weight_mean = pixel_weight.mean()
+            per_value = torch.addcmul(absolute * L1_WEIGHT, absolute, absolute, value=MSE_WEIGHT)
+            per_channel = per_value.view(-1, reconstruction.shape[1]).T @ pixel_weight.reshape(-1)
+            pixel_terms = per_channel.sum() / (count * weight_mean)
+
+        x, y = luma(reconstruction), luma(target)
+        along_h, along_w = _blur_pair(x.shape[-2:], SSIM_STRIDE, x)
+        stats = _blur(torch.cat([x, y, x * x, y * y, x * y]).flatten(0, 1), along_h, along_w).unflatten(0, (5, -1))
+        ssim_map, factors = _ssim_map(*stats.unbind(0))
+        similarity = ssim_map.mean()
+        loss = pixel_terms + SSIM_WEIGHT * (1 - similarity)
+
+        ctx.save_for_backward(error, pixel_weight, weight_mean, x, y, stats[0], stats[1], ssim_map, *factors)
+        ctx.mark_non_differentiable(mse, l1, similarity)
+        return loss, mse, l1, similarity
 
     @staticmethod
-    def backward(ctx, grad, _grad_mse, _grad_l1):
-        error, weight = ctx.saved_tensors
-        scale = grad / error.numel()
-        grad_error = torch.addcmul(error.sign() * (L1_WEIGHT * scale), error, 2 * MSE_WEIGHT * scale)
-        if weight is not None:  # channel by channel: broadcasting over a channels_last C is slow
-            for c in range(grad_error.shape[1]):
-                grad_error[:, c : c + 1].mul_(weight)
-        return grad_error, None, None
+    def backward(ctx, grad, _grad_mse, _grad_l1, _grad_ssim):
+        error, pixel_weight, weight_mean, x, y, mu_x, mu_y, ssim_map, n1, n2, d1, d2 = ctx.saved_tensors
+        # SSIM: partial derivatives of the mean map in mu_x, E[x^2] and E[xy], blurred back to pixels
+        scale = grad * (-SSIM_WEIGHT / ssim_map.numel())
+        inverse = 1 / (d1 * d2)
+        d_mu = 2 * mu_y * (n2 - n1) * inverse - 2 * mu_x * ssim_map * (1 / d1 - 1 / d2)
+        d_xx = -ssim_map / d2
+        d_xy = 2 * n1 * inverse
+        partials = torch.cat([d_mu, d_xx, d_xy]) * scale  # (3N, W', H'): transposed, like the blurred maps
+        along_h, along_w = _blur_pair(x.shape[-2:], SSIM_STRIDE, x)
+        back = (along_h @ partials.mT @ along_w.T).unflatten(0, (3, -1)).unsqueeze(2)  # (3, N, 1, H, W)
+        grad_luma = torch.addcmul(back[0], x, back[1], value=2).addcmul_(y, back[2])
+        # MSE and L1: w * (2 * MSE_WEIGHT * e + L1_WEIGHT * sign(e)) / count, per pixel weight w
+        pixel_scale = grad * (L1_WEIGHT / error.numel())
+        if pixel_weight is not None:
+            pixel_scale = (pixel_weight.reshape(-1, 1) / weight_mean) * pixel_scale
+        grad_error = _pixels(error).sign().add_(_pixels(error), alpha=2 * MSE_WEIGHT / L1_WEIGHT)
+        luma_weights = _luma_weights(error.device, error.dtype)
+        grad_pixels = torch.addcmul(grad_luma.reshape(-1, 1) * luma_weights, grad_error, pixel_scale)
+        n, c, h, w = error.shape
+        return grad_pixels.view(n, h, w, c).permute(0, 3, 1, 2), None, None
 
 
 def reconstruction_loss(
@@ -155,7 +172,7 @@ def reconstruction_loss(
     change detector's emphasis on moving pixels); it is normalised to mean 1.
     The target gets no gradient.
     """
-    pixel_terms, mse, l1 = PixelLoss.apply(reconstruction, target.detach(), pixel_weight)
-    similarity = ssim(luma(reconstruction), luma(target), stride=SSIM_STRIDE)
-    loss = pixel_terms + SSIM_WEIGHT * (1 - similarity)
+    if pixel_weight is not None:
+        pixel_weight = pixel_weight.to(reconstruction.dtype)
+    loss, mse, l1, similarity = ReconstructionLoss.apply(reconstruction, target.detach(), pixel_weight)
     return {"loss": loss, "mse": mse, "l1": l1, "ssim": similarity}

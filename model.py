@@ -191,19 +191,24 @@ class ReachableSigmoid(torch.autograd.Function):
     reaches 0 and 1 at finite logits, +-log((1 + m) / m), where the error and so
     the push become exactly zero. Past those logits the backward pass uses the
     slope at the nearest one, so a pixel whose target changes still learns.
+
+    The slope is computed from the output alone: with u = output + m = (1 + 2m) * s,
+    (1 + 2m) * s * (1 - s) = u - u^2 / (1 + 2m), which at a clipped output (u = m or
+    1 + m) is exactly the slope at the edge logit.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, margin: float) -> torch.Tensor:
-        edge = math.log((1 + margin) / margin)
-        ctx.save_for_backward(torch.sigmoid(logits.clamp(-edge, edge)))
+        output = torch.sigmoid(logits).mul_(1 + 2 * margin).sub_(margin).clamp_(0.0, 1.0)
+        ctx.save_for_backward(output)
         ctx.margin = margin
-        return ((1 + 2 * margin) * torch.sigmoid(logits) - margin).clamp_(0.0, 1.0)
+        return output
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (edge_sigmoid,) = ctx.saved_tensors
-        return grad * (1 + 2 * ctx.margin) * edge_sigmoid * (1 - edge_sigmoid), None
+        (output,) = ctx.saved_tensors
+        shifted = output + ctx.margin
+        return torch.addcmul(shifted, shifted, shifted, value=-1 / (1 + 2 * ctx.margin)).mul_(grad), None
 
 
 class DenseGrad(torch.autograd.Function):
