@@ -33,7 +33,7 @@ DEFAULT_GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
 CHECKPOINT_FORMAT = 1
 # Architecture fields added after format 1 was fixed, with the values older checkpoints were built with
 # (their upsampled width was decoder_width // 2, and main.py always used decoder_width 32).
-LEGACY_ARCHITECTURE = {"branch_heads": True, "upsampled_width": 16}
+LEGACY_ARCHITECTURE = {"branch_heads": True, "upsampled_width": 16, "encoder_layer_norm": True}
 WINDOW_TITLE = "Streaming autoencoder"
 
 

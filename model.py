@@ -2,11 +2,13 @@
 
 Every named part has a single role and a switch in `ModelConfig`:
 
-- LayerNormalization: parameter-free normalisation after each encoder convolution
-  and after the decoder's fusion and first upsampling, which keeps activations on
-  one scale as the frame statistics drift (as in the streaming-RL paper, where it is
-  what makes large streaming steps safe). Without it in the decoder, activations
-  grew without bound and Pacman collapsed after 2,000 frames.
+- LayerNormalization: parameter-free normalisation after the decoder's fusion and
+  first upsampling, which keeps activations on one scale as the frame statistics
+  drift (as in the streaming-RL paper, where it is what makes large streaming steps
+  safe). Without it in the decoder, activations grew without bound and Pacman
+  collapsed after 2,000 frames. After each encoder convolution (`encoder_layer_norm`)
+  it bought no quality measurable over three seeds and cost 8% of an update, so it
+  is off there by default (docs/BENCHMARKS.md).
 - ResidualBlock: extra depth in the decoder trunk at 28x28, with an identity path
   so gradients pass undamped.
 - TransformerBlock: global self-attention over the fused decoder features, so a
@@ -38,6 +40,7 @@ class ModelConfig:
     upsampled_width: int = 16  # channels at 56x56, before the last sub-pixel step to 224x224
     fused_size: int = 28
     use_layer_norm: bool = True
+    encoder_layer_norm: bool = False  # with use_layer_norm, also normalise after each encoder convolution
     use_residual: bool = False  # off by default: the speed/quality trade-off is in docs/BENCHMARKS.md
     use_transformer: bool = False  # likewise
     use_change_detector: bool = True
@@ -155,8 +158,9 @@ class EncoderBranch(nn.Module):
     def __init__(self, kernel: int, latent_channels: int, config: ModelConfig):
         super().__init__()
         w1, w2 = config.encoder_widths
-        self.stage1 = _conv_stage(3, w1, kernel, config.use_layer_norm)
-        self.stage2 = _conv_stage(w1, w2, kernel, config.use_layer_norm)
+        layer_norm = config.use_layer_norm and config.encoder_layer_norm
+        self.stage1 = _conv_stage(3, w1, kernel, layer_norm)
+        self.stage2 = _conv_stage(w1, w2, kernel, layer_norm)
         self.to_latent = nn.Conv2d(w2, latent_channels, kernel, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The CPU microbenchmarks behind docs/BENCHMARKS.md's speed analysis.
 
-    uv run docs/cpu_profile.py [layout|convs|ssim|threads|ops|candidates ...]   (all when none given)
+    uv run docs/cpu_profile.py [layout|convs|ssim|loss|threads|ops|candidates ...]   (all when none given)
 
 Each section prints plain lines of microseconds or milliseconds per call (median of
 repeated calls, after a warm-up). Run it on an otherwise idle machine.
@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoencoder import StreamingAutoEncoder  # noqa: E402
 from bench import collect_frames, count_gflop  # noqa: E402
-from loss import _blur_matrix, reconstruction_loss  # noqa: E402
+from loss import L1_WEIGHT, MSE_WEIGHT, SSIM_STRIDE, SSIM_WEIGHT, _blur_matrix, luma, reconstruction_loss, ssim  # noqa: E402
 from model import ModelConfig  # noqa: E402
 from utils import keep_freed_memory, weighted_channel_sum  # noqa: E402
 
@@ -94,7 +94,7 @@ def convs() -> None:
           f"one 24-channel 7x7 {us_per_call(merged, 50):.0f} us")
 
 
-def ssim() -> None:
+def ssim_blur() -> None:
     """The SSIM blur along both axes: banded matrix products against eleven shifted slices."""
     maps = torch.rand(3, 224, 224)
     matrix = _blur_matrix(224, 11, 1.5, 2, maps.device, maps.dtype)
@@ -176,6 +176,39 @@ def ops() -> None:
         print(f"ops: {kind}: {totals[kind] / 20 * 1e3:.1f} ms and {counts[kind] / 20:.0f} ops per update")
 
 
+class AutogradLoss(StreamingAutoEncoder):
+    """The default model with its loss as plain formulas, differentiated by autograd."""
+
+    def _network_loss(self, x, pixel_weight):
+        reconstruction, latents = self(x)
+        error = reconstruction - x
+        weight = pixel_weight / pixel_weight.mean()
+        loss = MSE_WEIGHT * (weight * error.square()).mean() + L1_WEIGHT * (weight * error.abs()).mean()
+        loss = loss + SSIM_WEIGHT * (1 - ssim(luma(reconstruction), luma(x), stride=SSIM_STRIDE))
+        return {"loss": loss, "mse": error.detach().square().mean(), "l1": error.detach().abs().mean(),
+                "ssim": torch.zeros(())}, reconstruction, latents
+
+
+def loss() -> None:
+    """ms per update with the fused loss and with autograd over the same formulas, windows taking turns."""
+    frames = collect_frames("Breakout", 64)
+    models = {"fused loss (loss.ReconstructionLoss)": StreamingAutoEncoder(), "autograd loss": AutogradLoss()}
+    for model in models.values():
+        for frame in frames[:10]:
+            model.update_params(frame)
+    times = collections.defaultdict(list)
+    for round_ in range(20):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for i in range(15):
+                model.update_params(frames[(round_ * 15 + i) % 64])
+            times[name].append((time.perf_counter() - start) / 15 * 1e3)
+    fused = times["fused loss (loss.ReconstructionLoss)"]
+    for name, values in times.items():
+        ratio = statistics.median(a / b for a, b in zip(values, fused))
+        print(f"loss: {name}: median {statistics.median(values):.1f} ms per update, {ratio:.3f} x the fused loss's time")
+
+
 CANDIDATES = {
     "default": {},
     "previous default (branch heads, encoder 8,16)": {"branch_heads": True, "encoder_widths": (8, 16)},
@@ -220,7 +253,7 @@ def candidates() -> None:
 
 if __name__ == "__main__":
     keep_freed_memory()
-    sections = {"layout": layout, "convs": convs, "ssim": ssim, "threads": threads, "ops": ops,
+    sections = {"layout": layout, "convs": convs, "ssim": ssim_blur, "loss": loss, "threads": threads, "ops": ops,
                 "candidates": candidates}
     for name in sys.argv[1:] or sections:
         sections[name]()

@@ -62,6 +62,16 @@ def test_each_named_part_can_be_switched_off(switch):
     assert results["reconstruction"].shape == (1, 3, 224, 224)
 
 
+def test_layer_norm_sits_in_the_decoder_and_optionally_after_each_encoder_convolution():
+    def norms(module):
+        return sum(isinstance(m, LayerNormalization) for m in module.modules())
+
+    default = create_streaming_ae()
+    assert norms(default.encoder) == 0 and norms(default.decoder) == 1
+    assert norms(create_streaming_ae(encoder_layer_norm=True).encoder) == 6
+    assert norms(create_streaming_ae(use_layer_norm=False, encoder_layer_norm=True)) == 0
+
+
 def test_layer_normalization_is_parameter_free_and_normalises():
     norm = LayerNormalization()
     assert not list(norm.parameters())

@@ -107,11 +107,13 @@ def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
 
 
 def test_a_checkpoint_saved_before_branch_heads_was_a_field_resumes(tmp_path):
-    """Older checkpoints lack the newer fields; their decoder had a head per branch."""
+    """Older checkpoints lack the newer fields; their decoder had a head per branch and
+    their encoder a layer norm after each convolution."""
     path = tmp_path / "quick_demo_model.pth"
-    _valid_checkpoint(path, StreamingAutoEncoder(ModelConfig(branch_heads=True, encoder_widths=(8, 16))))
+    previous_default = ModelConfig(branch_heads=True, encoder_widths=(8, 16), encoder_layer_norm=True)
+    _valid_checkpoint(path, StreamingAutoEncoder(previous_default))
     checkpoint = torch.load(path, weights_only=True)
-    for field in main.LEGACY_ARCHITECTURE:
+    for field in ("branch_heads", "upsampled_width", "encoder_layer_norm"):  # newer than the oldest checkpoints
         del checkpoint["architecture"][field]
     torch.save(checkpoint, path)
     result = run_main([*HEADLESS, "--steps", "2"], tmp_path)
@@ -120,6 +122,7 @@ def test_a_checkpoint_saved_before_branch_heads_was_a_field_resumes(tmp_path):
     assert checkpoint_step(path) == 2
     saved = torch.load(path, weights_only=True)
     assert "decoder.heads.0.weight" in saved["model"] and saved["architecture"]["branch_heads"] is True
+    assert saved["architecture"]["encoder_layer_norm"] is True  # parameter-free: the weights alone cannot tell
 
 
 @pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "code"])
