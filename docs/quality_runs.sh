@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # The benchmark runs behind docs/BENCHMARKS.md. Each writes docs/results/<name>.json
 # (the JSON line of `bench.py ... --json`) and its progress to <name>.log.
-# Quality runs use one torch thread per stream; lanes a, b and c ran side by side
-# (`bash docs/quality_runs.sh a & bash docs/quality_runs.sh b & bash docs/quality_runs.sh c`),
-# then the soak, then the speed lane on the otherwise idle machine.
+# Quality runs use one torch thread per stream. At commit 6fd4d70 lanes a, b (with the
+# ablations) and c ran side by side, then the soak, then the speed lane on the otherwise
+# idle machine; this session, with the fused loss and no encoder layer norm, lanes a and b
+# ran side by side (the seeds lane before them), then the soak, then the speed lane.
 set -u
 cd "$(dirname "$0")/.."
 out=docs/results
 q() { local name=$1; shift; uv run bench.py quality --threads 1 --json --curves "$@" 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
+p() { local name=$1; shift; uv run bench.py quality --threads 1 --json "$@" 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }  # no curves
 s() { local name=$1; shift; uv run bench.py speed --json "$@" 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
 case "${1:-}" in
   a)
     q default_20k_Pacman --frames 20000 --games Pacman
     q default_20k_SpaceInvaders --frames 20000 --games SpaceInvaders
-    q default_20k_Asteroids --frames 20000 --games Asteroids
-    q ablation_residual_3k --frames 3000 --games Breakout Assault --set use_residual=True
-    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True ;;
+    q default_20k_Asteroids --frames 20000 --games Asteroids ;;
   b)
     q default_20k_Assault --frames 20000 --games Assault
-    q default_20k_Breakout --frames 20000 --games Breakout
+    q default_20k_Breakout --frames 20000 --games Breakout ;;
+  seeds)  # the encoder layer norm decision: default and + encoder layer norm, seeds 0-2
+    for seed in 0 1 2; do
+      p default_3k_seed$seed --frames 3000 --games Breakout Assault --seed $seed
+      p encoder_layer_norm_3k_seed$seed --frames 3000 --games Breakout Assault --seed $seed --set encoder_layer_norm=True
+    done ;;
+  ablations)  # last run at commit 6fd4d70, when the default had layer norm in the encoder
+    q ablation_residual_3k --frames 3000 --games Breakout Assault --set use_residual=True
+    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True
     q ablation_default_3k --frames 3000 --games Breakout Assault
     q ablation_no_layer_norm_3k --frames 3000 --games Breakout Assault --set use_layer_norm=False
     q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False
@@ -26,7 +34,7 @@ case "${1:-}" in
     q candidate_branch_heads_3k --frames 3000 --games Breakout Assault --set branch_heads=True
     q candidate_encoder_8_16_3k --frames 3000 --games Breakout Assault --set encoder_widths=8,16
     q candidate_upsampled_8_3k --frames 3000 --games Breakout Assault --set upsampled_width=8 ;;
-  c)
+  c)  # last run at commit 6fd4d70, when the default had layer norm in the encoder
     q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd
     q other_games_5k --frames 5000 --games Pong Seaquest
     q candidate_previous_default_3k --frames 3000 --games Breakout Assault --set branch_heads=True encoder_widths=8,16 ;;
@@ -37,5 +45,5 @@ case "${1:-}" in
     s speed_compile --compile ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
-  *) echo "usage: bash docs/quality_runs.sh a|b|c|speed|compile|soak" >&2; exit 2 ;;
+  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|soak" >&2; exit 2 ;;
 esac
