@@ -209,17 +209,20 @@ def loss() -> None:
         print(f"loss: {name}: median {statistics.median(values):.1f} ms per update, {ratio:.3f} x the fused loss's time")
 
 
+WITH_ENCODER_NORM = {"encoder_layer_norm": True}  # the default before this session; its candidates' quality was measured on it
 CANDIDATES = {
     "default": {},
-    "previous default (branch heads, encoder 8,16)": {"branch_heads": True, "encoder_widths": (8, 16)},
-    "branch heads": {"branch_heads": True},
-    "encoder 8,16": {"encoder_widths": (8, 16)},
-    "upsampled width 8": {"upsampled_width": 8},
-    "+ residual": {"use_residual": True},
-    "+ transformer": {"use_transformer": True},
+    "+ encoder layer norm (the previous default)": WITH_ENCODER_NORM,
+    "branch heads, encoder 8,16, encoder layer norm (two defaults ago)": {
+        **WITH_ENCODER_NORM, "branch_heads": True, "encoder_widths": (8, 16)},
+    "branch heads": {**WITH_ENCODER_NORM, "branch_heads": True},
+    "encoder 8,16": {**WITH_ENCODER_NORM, "encoder_widths": (8, 16)},
+    "upsampled width 8": {**WITH_ENCODER_NORM, "upsampled_width": 8},
+    "+ residual": {**WITH_ENCODER_NORM, "use_residual": True},
+    "+ transformer": {**WITH_ENCODER_NORM, "use_transformer": True},
     "- layer norm": {"use_layer_norm": False},
-    "- change detector": {"use_change_detector": False},
-    "plain sigmoid": {"output_margin": 0.0},
+    "- change detector": {**WITH_ENCODER_NORM, "use_change_detector": False},
+    "plain sigmoid": {**WITH_ENCODER_NORM, "output_margin": 0.0},
 }
 
 

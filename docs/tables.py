@@ -17,19 +17,22 @@ RESULTS = DOCS / "results"
 sys.path.insert(0, str(DOCS.parent))
 GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
 CANDIDATES = [  # (label, quality run, candidate name in docs/cpu_profile.py)
-    ("**default** (one 3x3 fusion, encoder 8,8, layer norm, change detector, reachable sigmoid)",
-     "ablation_default_3k", "default"),
-    ("previous default (`branch_heads=True encoder_widths=8,16`)", "candidate_previous_default_3k",
-     "previous default (branch heads, encoder 8,16)"),
-    ("+ branch heads (`branch_heads=True`)", "candidate_branch_heads_3k", "branch heads"),
-    ("encoder 8,16 (`encoder_widths=8,16`)", "candidate_encoder_8_16_3k", "encoder 8,16"),
-    ("8 channels at 56x56 (`upsampled_width=8`)", "candidate_upsampled_8_3k", "upsampled width 8"),
-    ("+ residual", "ablation_residual_3k", "+ residual"),
-    ("+ transformer", "ablation_transformer_3k", "+ transformer"),
-    ("- layer norm", "ablation_no_layer_norm_3k", "- layer norm"),
-    ("- change detector", "ablation_no_change_detector_3k", "- change detector"),
-    ("plain sigmoid head (`output_margin=0`)", "ablation_plain_sigmoid_3k", "plain sigmoid"),
+    ("**default** (one 3x3 fusion, encoder 8,8, layer norm in the decoder, change detector, reachable sigmoid)",
+     "default_3k_seed0", "default"),
+    ("+ encoder layer norm: the previous default (`encoder_layer_norm=True`)", "encoder_layer_norm_3k_seed0",
+     "+ encoder layer norm (the previous default)"),
+    ("two defaults ago (`branch_heads=True encoder_widths=8,16`) *", "candidate_previous_default_3k",
+     "branch heads, encoder 8,16, encoder layer norm (two defaults ago)"),
+    ("+ branch heads (`branch_heads=True`) *", "candidate_branch_heads_3k", "branch heads"),
+    ("encoder 8,16 (`encoder_widths=8,16`) *", "candidate_encoder_8_16_3k", "encoder 8,16"),
+    ("8 channels at 56x56 (`upsampled_width=8`) *", "candidate_upsampled_8_3k", "upsampled width 8"),
+    ("+ residual *", "ablation_residual_3k", "+ residual"),
+    ("+ transformer *", "ablation_transformer_3k", "+ transformer"),
+    ("- layer norm (everywhere)", "ablation_no_layer_norm_3k", "- layer norm"),
+    ("- change detector *", "ablation_no_change_detector_3k", "- change detector"),
+    ("plain sigmoid head (`output_margin=0`) *", "ablation_plain_sigmoid_3k", "plain sigmoid"),
 ]
+SEEDS = (0, 1, 2)
 
 
 def load(name: str) -> dict | None:
@@ -70,6 +73,16 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
+def seeds_table() -> str:
+    """PSNR - floor of the default and of + encoder layer norm, per seed, and their means."""
+    lines = ["| model | game | " + " | ".join(f"seed {s}" for s in SEEDS) + " | mean |", "|---|---|" + "---|" * (len(SEEDS) + 1)]
+    for label, prefix in (("default", "default_3k"), ("+ encoder layer norm", "encoder_layer_norm_3k")):
+        for game in ("Breakout", "Assault"):
+            gains = [next(r["psnr"] - r["floor_psnr"] for r in rows(f"{prefix}_seed{s}") if r["game"] == game) for s in SEEDS]
+            lines.append(f"| {label} | {game} | " + " | ".join(f"{g:+.2f}" for g in gains) + f" | {sum(gains) / len(gains):+.2f} |")
+    return "\n".join(lines)
+
+
 def speed_table() -> str:
     lines = ["| run | update_fps | loop_fps | roofline_fraction | forward ms | backward ms | optimizer ms |",
              "|---|---|---|---|---|---|---|"]
@@ -95,4 +108,5 @@ if __name__ == "__main__":
         if plot and results:
             plot_quality(results, str(DOCS / plot))
     print(f"## Speed of the default\n\n{speed_table()}\n")
-    print(f"## Candidates and ablations\n\n{ablation_table()}")
+    print(f"## Candidates and ablations\n\n{ablation_table()}\n")
+    print(f"## Encoder layer norm over three seeds\n\n{seeds_table()}")
