@@ -104,7 +104,7 @@ class ReconstructionLoss(torch.autograd.Function):
     products on the (pixels, 3) view), and the backward writes the gradient in four
     passes, in the reconstruction's own layout (channels_last on a CPU). The SSIM
     gradient is three transposed blurs of the SSIM map's partial derivatives in
-    mu_x, E[x^2] and E[xy]. Autograd over the same formulas took 2% more time per
+    mu_x, E[x^2] and E[xy]. Autograd over the same formulas took 4% more time per
     update (docs/BENCHMARKS.md).
     """
 

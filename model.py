@@ -7,7 +7,7 @@ Every named part has a single role and a switch in `ModelConfig`:
   drift (as in the streaming-RL paper, where it is what makes large streaming steps
   safe). Without it in the decoder, activations grew without bound and Pacman
   collapsed after 2,000 frames. After each encoder convolution (`encoder_layer_norm`)
-  it bought no quality measurable over three seeds and cost 8% of an update, so it
+  it bought no quality measurable over three seeds and cost 6% of an update, so it
   is off there by default (docs/BENCHMARKS.md).
 - ResidualBlock: extra depth in the decoder trunk at 28x28, with an identity path
   so gradients pass undamped.

@@ -28,7 +28,7 @@ CANDIDATES = [  # (label, quality run, candidate name in docs/cpu_profile.py)
     ("8 channels at 56x56 (`upsampled_width=8`) *", "candidate_upsampled_8_3k", "upsampled width 8"),
     ("+ residual *", "ablation_residual_3k", "+ residual"),
     ("+ transformer *", "ablation_transformer_3k", "+ transformer"),
-    ("- layer norm (everywhere)", "ablation_no_layer_norm_3k", "- layer norm"),
+    ("- layer norm (everywhere) *", "ablation_no_layer_norm_3k", "- layer norm"),
     ("- change detector *", "ablation_no_change_detector_3k", "- change detector"),
     ("plain sigmoid head (`output_margin=0`) *", "ablation_plain_sigmoid_3k", "plain sigmoid"),
 ]
