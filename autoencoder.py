@@ -156,7 +156,7 @@ class StreamingAutoEncoder(nn.Module):
         """Stage 3: clip at 1.0, zero a non-finite gradient, step; (step size, finite)."""
         grad = self.flat_params.grad
         norm = torch.linalg.vector_norm(grad)
-        finite = torch.isfinite(loss.detach() + norm)  # a sum is finite exactly when both terms are
+        finite = torch.isfinite(loss.detach() + norm)  # finite only if both terms are (an overflow skips too)
         clip = torch.where(finite, (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0), 0.0)  # clip_grad_norm_'s factor
         grad.mul_(clip).nan_to_num_(0.0, 0.0, 0.0)  # a no-op when finite; else zero (NaN * 0 stays NaN)
         if self.optimizer_name in ("adam", "sgd"):

@@ -102,7 +102,8 @@ class ReconstructionLoss(torch.autograd.Function):
     full-resolution pass costs more than its arithmetic, so this keeps them few: the
     forward reads the images nine times (colour reductions per pixel are matrix-vector
     products on the (pixels, 3) view), and the backward writes the gradient in four
-    passes, in the reconstruction's own layout (channels_last on a CPU). The SSIM
+    passes as a channels_last image (the CPU model's layout; a contiguous reconstruction,
+    as on CUDA, gets a contiguous copy). The SSIM
     gradient is three transposed blurs of the SSIM map's partial derivatives in
     mu_x, E[x^2] and E[xy]. Autograd over the same formulas took 4% more time per
     update (docs/BENCHMARKS.md).
@@ -132,6 +133,7 @@ class ReconstructionLoss(torch.autograd.Function):
         loss = pixel_terms + SSIM_WEIGHT * (1 - similarity)
 
         ctx.save_for_backward(error, pixel_weight, weight_mean, x, y, stats[0], stats[1], ssim_map, *factors)
+        ctx.channels_last = reconstruction.is_contiguous(memory_format=torch.channels_last)
         ctx.mark_non_differentiable(mse, l1, similarity)
         return loss, mse, l1, similarity
 
@@ -152,11 +154,13 @@ class ReconstructionLoss(torch.autograd.Function):
         pixel_scale = grad * (L1_WEIGHT / error.numel())
         if pixel_weight is not None:
             pixel_scale = (pixel_weight.reshape(-1, 1) / weight_mean) * pixel_scale
-        grad_error = _pixels(error).sign().add_(_pixels(error), alpha=2 * MSE_WEIGHT / L1_WEIGHT)
+        error_pixels = _pixels(error)
+        grad_error = error_pixels.sign().add_(error_pixels, alpha=2 * MSE_WEIGHT / L1_WEIGHT)
         luma_weights = _luma_weights(error.device, error.dtype)
         grad_pixels = torch.addcmul(grad_luma.reshape(-1, 1) * luma_weights, grad_error, pixel_scale)
         n, c, h, w = error.shape
-        return grad_pixels.view(n, h, w, c).permute(0, 3, 1, 2), None, None
+        grad_image = grad_pixels.view(n, h, w, c).permute(0, 3, 1, 2)  # channels_last
+        return (grad_image if ctx.channels_last else grad_image.contiguous()), None, None
 
 
 def reconstruction_loss(

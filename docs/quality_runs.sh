@@ -24,20 +24,21 @@ case "${1:-}" in
       p default_3k_seed$seed --frames 3000 --games Breakout Assault --seed $seed
       p encoder_layer_norm_3k_seed$seed --frames 3000 --games Breakout Assault --seed $seed --set encoder_layer_norm=True
     done ;;
-  ablations)  # last run at commit 6fd4d70, when the default had layer norm in the encoder
-    q ablation_residual_3k --frames 3000 --games Breakout Assault --set use_residual=True
-    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set use_transformer=True
-    q ablation_default_3k --frames 3000 --games Breakout Assault
+  ablations)  # last run at commit 6fd4d70, whose default had layer norm in the encoder (no flag then):
+              # encoder_layer_norm=True names those same models
+    q ablation_residual_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True use_residual=True
+    q ablation_transformer_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True use_transformer=True
+    q ablation_default_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True
     q ablation_no_layer_norm_3k --frames 3000 --games Breakout Assault --set use_layer_norm=False
-    q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set use_change_detector=False
-    q ablation_plain_sigmoid_3k --frames 3000 --games Breakout Assault --set output_margin=0.0
-    q candidate_branch_heads_3k --frames 3000 --games Breakout Assault --set branch_heads=True
-    q candidate_encoder_8_16_3k --frames 3000 --games Breakout Assault --set encoder_widths=8,16
-    q candidate_upsampled_8_3k --frames 3000 --games Breakout Assault --set upsampled_width=8 ;;
-  c)  # last run at commit 6fd4d70, when the default had layer norm in the encoder
-    q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd
-    q other_games_5k --frames 5000 --games Pong Seaquest
-    q candidate_previous_default_3k --frames 3000 --games Breakout Assault --set branch_heads=True encoder_widths=8,16 ;;
+    q ablation_no_change_detector_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True use_change_detector=False
+    q ablation_plain_sigmoid_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True output_margin=0.0
+    q candidate_branch_heads_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True branch_heads=True
+    q candidate_encoder_8_16_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True encoder_widths=8,16
+    q candidate_upsampled_8_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True upsampled_width=8 ;;
+  c)  # last run at commit 6fd4d70, likewise (encoder_layer_norm=True names its models)
+    q optimizers_5k --frames 5000 --games Breakout Assault --optimizers obgd-adaptive obgd adam sgd --set encoder_layer_norm=True
+    q other_games_5k --frames 5000 --games Pong Seaquest --set encoder_layer_norm=True
+    q candidate_previous_default_3k --frames 3000 --games Breakout Assault --set encoder_layer_norm=True branch_heads=True encoder_widths=8,16 ;;
   speed)
     for run in 1 2 3 4 5; do s speed_default_run$run; done
     uv run docs/cpu_profile.py > "$out/cpu_profile.txt" ;;

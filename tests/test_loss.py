@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from loss import LUMA_WEIGHTS, SSIM_STRIDE, luma, reconstruction_loss, ssim
+from loss import LUMA_WEIGHTS, SSIM_STRIDE, luma, mark_constants_for_compile, reconstruction_loss, ssim
 
 
 def test_loss_is_zero_for_identical_images():
@@ -64,21 +64,44 @@ def test_pixel_weight_reweights_the_loss_but_not_the_metrics():
     assert weighted["loss"].item() != pytest.approx(plain["loss"].item(), rel=1e-4)
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_hand_written_pixel_loss_gradient_matches_autograd(weighted):
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
-    y = torch.rand(1, 3, 32, 32, dtype=torch.float64)
-    weight = 1 + 4.0 * (torch.rand(1, 1, 32, 32, dtype=torch.float64) > 0.8).double() if weighted else None
-    reconstruction_loss(x, y, weight)["loss"].backward()
-    ours = x.grad.clone()
-    x.grad = None
+def _autograd_loss(x, y, weight):
+    """The training loss as plain formulas, for autograd: the fused Function's reference."""
     error = x - y
-    w = weight / weight.mean() if weighted else torch.ones_like(error)
+    w = weight / weight.mean() if weight is not None else torch.ones_like(error)
     reference = (w * error.square()).mean() + 0.5 * (w * error.abs()).mean()
-    reference = reference + 0.1 * (1 - ssim(luma(x), luma(y), stride=SSIM_STRIDE))
-    reference.backward()
-    assert torch.allclose(ours, x.grad, rtol=1e-10, atol=1e-14)
+    return reference + 0.1 * (1 - ssim(luma(x), luma(y), stride=SSIM_STRIDE))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("images", [1, 2])
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_fused_loss_gradient_matches_autograd(weighted, images, memory_format):
+    torch.manual_seed(0)
+    x = torch.rand(images, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    y = torch.rand(images, 3, 32, 32, dtype=torch.float64)
+    weight = 1 + 4.0 * (torch.rand(images, 1, 32, 32, dtype=torch.float64) > 0.8).double() if weighted else None
+    parts = reconstruction_loss(x, y, weight)
+    (ours,) = torch.autograd.grad(parts["loss"], x)
+    reference = _autograd_loss(x, y, weight)
+    (expected,) = torch.autograd.grad(reference, x)
+    assert parts["loss"].item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.allclose(ours, expected, rtol=1e-10, atol=1e-14)
+    assert ours.is_contiguous(memory_format=memory_format)  # mixed layouts slow every later op of the backward
+
+
+def test_fused_loss_traces_into_one_graph_for_torch_compile():
+    """`--compile` traces the loss with the network; a graph break or a traced constant
+    would show here. aot_eager runs dynamo and AOT autograd without generating code."""
+    mark_constants_for_compile()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y, weight = torch.rand(1, 3, 32, 32), 1 + 4.0 * (torch.rand(1, 1, 32, 32) > 0.8).float()
+    compiled = torch.compile(reconstruction_loss, backend="aot_eager", fullgraph=True)
+    eager_parts, compiled_parts = reconstruction_loss(x, y, weight), compiled(x, y, weight)
+    for key in ("loss", "mse", "l1", "ssim"):
+        torch.testing.assert_close(compiled_parts[key], eager_parts[key])
+    torch.testing.assert_close(torch.autograd.grad(compiled_parts["loss"], x)[0],
+                               torch.autograd.grad(eager_parts["loss"], x)[0])
 
 
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
@@ -88,11 +111,3 @@ def test_luma_is_the_bt601_weighted_sum(memory_format):
     expected = torch.einsum("nchw,c->nhw", image, torch.tensor(LUMA_WEIGHTS, dtype=torch.float64)).unsqueeze(1)
     torch.testing.assert_close(luma(image), expected)
     assert torch.autograd.gradcheck(luma, (image,))
-
-
-def test_loss_gradient_keeps_the_channels_last_layout():
-    """Every later full-resolution op of the backward pass runs two to four times slower
-    on a CPU when it mixes two layouts."""
-    x = torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
-    (grad,) = torch.autograd.grad(reconstruction_loss(x, torch.rand(1, 3, 32, 32))["loss"], x)
-    assert grad.is_contiguous(memory_format=torch.channels_last)
