@@ -89,10 +89,14 @@ def ssim(x: torch.Tensor, y: torch.Tensor, stride: int = 1) -> torch.Tensor:
     data_range=1.0)`, averaged over channels. With `stride` s the same SSIM map is
     averaged over every s-th window position in each direction. Differentiable by autograd.
     """
+    return _ssim_terms(x, y, stride)[1].mean()
+
+
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor, stride: int):
+    """(blurred statistics (5, N*C, W', H'), SSIM map, its factors) of two (N, C, H, W) images."""
     along_h, along_w = _blur_pair(x.shape[-2:], stride, x)
-    maps = torch.cat([x, y, x * x, y * y, x * y]).flatten(0, 1)
-    stats = _blur(maps, along_h, along_w).unflatten(0, (5, -1))
-    return _ssim_map(*stats.unbind(0))[0].mean()
+    stats = _blur(torch.cat([x, y, x * x, y * y, x * y]).flatten(0, 1), along_h, along_w).unflatten(0, (5, -1))
+    return (stats, *_ssim_map(*stats.unbind(0)))
 
 
 class ReconstructionLoss(torch.autograd.Function):
@@ -126,9 +130,7 @@ class ReconstructionLoss(torch.autograd.Function):
             pixel_terms = per_channel.sum() / (count * weight_mean)
 
         x, y = luma(reconstruction), luma(target)
-        along_h, along_w = _blur_pair(x.shape[-2:], SSIM_STRIDE, x)
-        stats = _blur(torch.cat([x, y, x * x, y * y, x * y]).flatten(0, 1), along_h, along_w).unflatten(0, (5, -1))
-        ssim_map, factors = _ssim_map(*stats.unbind(0))
+        stats, ssim_map, factors = _ssim_terms(x, y, SSIM_STRIDE)
         similarity = ssim_map.mean()
         loss = pixel_terms + SSIM_WEIGHT * (1 - similarity)
 

@@ -176,6 +176,22 @@ def ops() -> None:
         print(f"ops: {kind}: {totals[kind] / 20 * 1e3:.1f} ms and {counts[kind] / 20:.0f} ops per update")
 
 
+def windows_taking_turns(models: dict, frames: list, rounds: int, window: int = 15) -> dict[str, list[float]]:
+    """ms per update of each model in `rounds` windows of `window` updates, the models taking turns,
+    after ten warm-up updates each."""
+    for model in models.values():
+        for frame in frames[:10]:
+            model.update_params(frame)
+    times = collections.defaultdict(list)
+    for round_ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for i in range(window):
+                model.update_params(frames[(round_ * window + i) % len(frames)])
+            times[name].append((time.perf_counter() - start) / window * 1e3)
+    return times
+
+
 class AutogradLoss(StreamingAutoEncoder):
     """The default model with its loss as plain formulas, differentiated by autograd."""
 
@@ -193,16 +209,7 @@ def loss() -> None:
     """ms per update with the fused loss and with autograd over the same formulas, windows taking turns."""
     frames = collect_frames("Breakout", 64)
     models = {"fused loss (loss.ReconstructionLoss)": StreamingAutoEncoder(), "autograd loss": AutogradLoss()}
-    for model in models.values():
-        for frame in frames[:10]:
-            model.update_params(frame)
-    times = collections.defaultdict(list)
-    for round_ in range(20):
-        for name, model in models.items():
-            start = time.perf_counter()
-            for i in range(15):
-                model.update_params(frames[(round_ * 15 + i) % 64])
-            times[name].append((time.perf_counter() - start) / 15 * 1e3)
+    times = windows_taking_turns(models, frames, rounds=20)
     fused = times["fused loss (loss.ReconstructionLoss)"]
     for name, values in times.items():
         ratio = statistics.median(a / b for a, b in zip(values, fused))
@@ -238,15 +245,7 @@ def candidates() -> None:
     for name, overrides in CANDIDATES.items():
         torch.manual_seed(0)
         models[name] = StreamingAutoEncoder(ModelConfig(**overrides))
-        for frame in frames[:10]:
-            models[name].update_params(frame)
-    times = collections.defaultdict(list)
-    for round_ in range(16):
-        for name, model in models.items():
-            start = time.perf_counter()
-            for i in range(15):
-                model.update_params(frames[(round_ * 15 + i) % 64])
-            times[name].append((time.perf_counter() - start) / 15 * 1e3)
+    times = windows_taking_turns(models, frames, rounds=16)
     for name, values in times.items():
         ratio = statistics.median(a / b for a, b in zip(values, times["default"]))
         gflop = count_gflop(ModelConfig(**CANDIDATES[name]), "obgd-adaptive", frames, torch.device("cpu"))
