@@ -9,7 +9,7 @@ from torch import nn
 
 from loss import mark_constants_for_compile, reconstruction_loss
 from monitoring import PerformanceMonitor, TensorBoardLogger
-from model import Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
+from model import AutoEncoder, Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
 from optim import OPTIMIZERS, make_optimizer, sparse_init_model_
 from utils import keep_freed_memory, preprocess_frame
 
@@ -17,7 +17,13 @@ MAX_GRAD_NORM = 1.0
 
 
 class StreamingAutoEncoder(nn.Module):
-    """Encoder, decoder, change detector and their optimizer, updated one frame at a time."""
+    """The learner: the network, its change detector and its optimizer, one frame at a time.
+
+    `parameters()`, `.encoder` and `.decoder` are the network's (`self.network`, an
+    `AutoEncoder`). `update_params` learns from a frame; `evaluate` scores frames without
+    learning and without touching any state. Callables in `on_update` get every
+    update's results (a TensorBoard logger, say).
+    """
 
     def __init__(
         self,
@@ -37,29 +43,37 @@ class StreamingAutoEncoder(nn.Module):
         keep_freed_memory()
         self.config = config
         self.change_weight = change_weight
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        self.network = AutoEncoder(config)
         self.change_detector = PixelChangeDetector() if config.use_change_detector else None
-        sparse_init_model_(self)
+        sparse_init_model_(self.network)
         self.device = torch.device(device)
         use_graph = (compile and self.device.type == "cuda") if cuda_graph is None else cuda_graph
         if use_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
         # channels_last makes oneDNN's CPU convolutions faster; on CUDA, torch.compile's
         # convolution backward rejected channels_last weights (torch 2.11).
-        self.to(device, memory_format=torch.channels_last if self.device.type == "cpu" else torch.contiguous_format)
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.to(device, memory_format=self.memory_format)
         self.flat_params = self._flatten_parameters()
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
         self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr, capturable=bool(use_graph))
-        self._lr_tensor = torch.tensor(self.lr, device=self.device)
         self.step = 0
+        self._cut = False
+        self._network_loss = torch.compile(self._network_loss, dynamic=False) if compile else self._network_loss
         if compile:
             mark_constants_for_compile()
-            self._network_loss = torch.compile(self._network_loss, dynamic=False)
         self.captured_step = CapturedStep(self._train_step) if use_graph else None
-        self.logger = None
         self.performance = PerformanceMonitor()
+        self.on_update: list = []
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.network.encoder
+
+    @property
+    def decoder(self) -> Decoder:
+        return self.network.decoder
 
     def _flatten_parameters(self) -> torch.Tensor:
         """Make every parameter and its gradient a view into one flat buffer each.
@@ -87,45 +101,61 @@ class StreamingAutoEncoder(nn.Module):
         return compression_ratios(self.config)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        latents = self.encoder(x)
-        return self.decoder(latents), latents
+        return self.network(x)
 
-    def update_params(self, frame: np.ndarray | torch.Tensor, debug: bool = False) -> dict:
+    def update_params(self, frame: np.ndarray | torch.Tensor, debug: bool = False, stage_marks=None) -> dict:
         """Learn from one frame: forward, loss, backward, clip at 1.0, one optimizer step.
 
         Metrics are prequential: scored on this frame before the update. Nothing here
         waits for the device unless `debug=True` (then the timing is synchronised),
         except once with a CUDA graph: capturing it (the 4th call) synchronises.
-        A non-finite loss or gradient skips the update: ObGD gets delta = 0 and a zero
-        gradient, Adam and SGD their fused `found_inf` flag; `skipped` reports it.
+        A non-finite loss or gradient skips the update (the optimizer gets `finite`
+        False and a zero gradient); `skipped` reports it. `stage_marks(name)`, if given,
+        is called after each stage (preprocess, forward, backward, optimizer) of an
+        eager update, for timing by parts.
         """
         start = time.perf_counter()
         x = preprocess_frame(frame, self.device)
-        outputs = self.captured_step(x) if self.captured_step is not None else self._train_step(x)
+        if self._cut and self.change_detector is not None and self.change_detector.previous.shape == x.shape:
+            self.change_detector.previous.copy_(x)  # in place: a captured CUDA graph reads this buffer
+        self._cut = False
+        if stage_marks is not None:
+            stage_marks("preprocess")
+            outputs = self._train_step(x, stage_marks)
+        elif self.captured_step is not None:
+            outputs = self.captured_step(x)
+        else:
+            outputs = self._train_step(x)
         if debug and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         fps, step_ms = self.performance.tick(start)
         self.step += 1
         embeddings = [outputs.pop(f"embedding{i}") for i in range(len(self.encoder.branches))]
-        results = {
-            **outputs,
-            "embeddings": embeddings,
-            "input": x,
-            "step": self.step,
-            "fps": fps,
-            "step_ms": step_ms,
-        }
-        if self.logger is not None:
-            self.logger.log_step(results, self)
+        results = {**outputs, "embeddings": embeddings, "input": x, "step": self.step, "fps": fps, "step_ms": step_ms}
+        for observer in self.on_update:
+            observer(results)
         if debug:
             results = {k: v.item() if torch.is_tensor(v) and v.dim() == 0 else v for k, v in results.items()}
         return results
 
-    def _train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forget_previous_frame(self) -> None:
+        """A cut, not motion: the next frame's change mask is empty (a switch of games)."""
+        self._cut = True
+
+    def _train_step(self, x: torch.Tensor, stage_marks=None) -> dict[str, torch.Tensor]:
         """One whole update on the device, no host sync: every tensor `update_params` reports."""
-        parts, reconstruction, latents, mask = self.forward_loss(x)
-        self.backward(parts["loss"])
-        step_size, finite = self.optimizer_step(parts["loss"])
+        mask, pixel_weight = self._change_weights(x)
+        parts, reconstruction, latents = self._network_loss(x, pixel_weight)
+        if stage_marks is not None:
+            stage_marks("forward")
+        self.flat_params.grad.zero_()
+        parts["loss"].backward()
+        if stage_marks is not None:
+            stage_marks("backward")
+        grad_norm, finite = self._clip_gradient(parts["loss"])
+        step_size = self.optimizer.update(parts["loss"].detach(), finite)
+        if stage_marks is not None:
+            stage_marks("optimizer")
         return {
             **{k: v.detach() for k, v in parts.items()},
             "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
@@ -134,39 +164,55 @@ class StreamingAutoEncoder(nn.Module):
             "change_mask": mask,
             "step_size": step_size,
             "skipped": ~finite,
+            "grad_norm": grad_norm,
         }
 
-    def forward_loss(self, x: torch.Tensor):
-        """Stage 1: change mask, reconstruction and loss parts for a preprocessed frame."""
-        mask = self.change_detector(x) if self.change_detector is not None else torch.zeros_like(x[:, :1])
-        pixel_weight = 1.0 + self.change_weight * mask if self.change_detector is not None else None
-        parts, reconstruction, latents = self._network_loss(x, pixel_weight)
-        return parts, reconstruction, latents, mask
+    def _change_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The change mask of this frame (updating the detector) and the loss's pixel weights."""
+        if self.change_detector is None:
+            return torch.zeros_like(x[:, :1]), None
+        mask = self.change_detector(x)
+        return mask, self.pixel_weight(mask)
+
+    def pixel_weight(self, change_mask: torch.Tensor) -> torch.Tensor | None:
+        return 1.0 + self.change_weight * change_mask if self.change_detector is not None else None
 
     def _network_loss(self, x: torch.Tensor, pixel_weight: torch.Tensor | None):
-        reconstruction, latents = self(x)
+        reconstruction, latents = self.network(x)
         return reconstruction_loss(reconstruction, x, pixel_weight), reconstruction, latents
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Stage 2: gradients of the loss."""
-        self.flat_params.grad.zero_()
-        loss.backward()
-
-    def optimizer_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 3: clip at 1.0, zero a non-finite gradient, step; (step size, finite)."""
+    def _clip_gradient(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip the gradient at norm 1.0 and zero it when not finite; (norm before clipping, finite)."""
         grad = self.flat_params.grad
         norm = torch.linalg.vector_norm(grad)
         finite = torch.isfinite(loss.detach() + norm)  # finite only if both terms are (an overflow skips too)
         clip = torch.where(finite, (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0), 0.0)  # clip_grad_norm_'s factor
         grad.mul_(clip).nan_to_num_(0.0, 0.0, 0.0)  # a no-op when finite; else zero (NaN * 0 stays NaN)
-        if self.optimizer_name in ("adam", "sgd"):
-            self.optimizer.found_inf = (~finite).float()
-            self.optimizer.step()
-            return self._lr_tensor, finite
-        if self.optimizer_name == "obgd-adaptive":
-            loss = torch.where(finite, loss.detach(), 0.0)
-            return self.optimizer.step(delta=finite.float(), loss=loss), finite
-        return self.optimizer.step(delta=finite.float()), finite
+        return norm, finite
+
+    @torch.no_grad()
+    def evaluate(self, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """Per-frame MSE of the reconstructions of (N, 3, 224, 224) frames (uint8, or float
+        in [0, 1]), without an update: weights, optimizer and change detector are untouched."""
+        errors = []
+        for part in frames.split(chunk):
+            x = self.as_input(part)
+            reconstruction, _ = self.network(x)
+            errors.append((reconstruction - x).square().mean(dim=(1, 2, 3)))
+        return torch.cat(errors)
+
+    def as_input(self, frames: torch.Tensor) -> torch.Tensor:
+        """A batch of frames as the network's float input on its device and memory layout."""
+        x = frames.to(self.device)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return x.contiguous(memory_format=self.memory_format)
+
+    @torch.no_grad()
+    def loss_on(self, x: torch.Tensor, change_mask: torch.Tensor) -> torch.Tensor:
+        """The training loss of the current weights on frame `x` with the pixel weights of
+        `change_mask`, leaving every state as it is (for UPGD's plasticity)."""
+        reconstruction, _ = self.network(x)
+        return reconstruction_loss(reconstruction, x, self.pixel_weight(change_mask))["loss"]
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""
@@ -237,7 +283,8 @@ def create_streaming_ae(
 ) -> StreamingAutoEncoder:
     """Build the default model; optionally attach a TensorBoard logger to it.
 
-    `debug_vis` adds feature-map images to the logger's throttled image logging.
+    `debug_vis` adds feature-map images to the logger's throttled image logging. With
+    `use_tensorboard`, `model.logger` logs every update; `model.logger.close()` ends it.
     """
     if input_channels != 3:
         raise ValueError("the model takes RGB frames: input_channels must be 3")
@@ -245,4 +292,5 @@ def create_streaming_ae(
     model = StreamingAutoEncoder(config, optimizer=optimizer, lr=lr, device=device)
     if use_tensorboard:
         model.logger = TensorBoardLogger(log_dir or "runs/streaming_ae", feature_maps=debug_vis)
+        model.on_update.append(lambda results: model.logger.log_step(results, model))
     return model

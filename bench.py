@@ -1,7 +1,8 @@
-"""Benchmarks: speed, learning quality and long-run memory.
+"""Benchmarks: speed, learning quality, continual learning and long-run memory.
 
     uv run bench.py speed [--device cpu|cuda] [--json]
     uv run bench.py quality --frames N [--games G ...] [--optimizers O ...] [--plot P] [--json]
+    uv run bench.py continual --games A B C --switch-every N --cycles C [--optimizers O ...] [--seeds S ...]
     uv run bench.py soak --frames N [--json]
 
 Progress goes to stderr; with --json the last line of stdout is one JSON object.
@@ -25,10 +26,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from main import DEFAULT_GAMES, Config, make_env, next_frame
+from continual import (EVAL_EVERY, PROBE_FRAMES, floor_psnr, forgetting_summary, plasticity_metrics, probe_psnrs,
+                       scoring)
 from model import ModelConfig
 from monitoring import TensorBoardLogger
-from optim import OPTIMIZERS
+from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
+from stream import DEFAULT_GAMES, FrameStream, Schedule, collect_frames, env_seed, make_env, next_frame, probe_frames
 from utils import FRAME_SIZE, preprocess_frame
 
 LATENT_BYTES = 4495  # all three latents at 8 bits
@@ -54,15 +57,6 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def collect_frames(game: str, count: int, seed: int = 0) -> list[np.ndarray]:
-    env, frame = make_env(game, seed)
-    frames = [frame]
-    while len(frames) < count:
-        frames.append(next_frame(env))
-    env.close()
-    return frames
-
-
 # speed --------------------------------------------------------------------------------------
 
 def timed_rate(fn, count: int, device: torch.device, repeats: int = 5) -> float:
@@ -86,39 +80,29 @@ def matmul_gflops(device: torch.device) -> float:
     return 2 * 4096**3 * rate / 1e9
 
 
-def stage_times(model: StreamingAutoEncoder, frames: list[np.ndarray], env, logger, device) -> dict:
+def stage_times(model: StreamingAutoEncoder, env, frame, logger, device, count: int) -> dict:
     """Median milliseconds of each stage of the live loop, synchronised between stages.
 
-    The stages run eagerly (compiled network and loss included) even where
-    update_params replays a CUDA graph: a graph cannot be timed by parts.
+    update_params reports its own stages through `stage_marks`; they run eagerly
+    (compiled network and loss included) even where update_params replays a CUDA graph:
+    a graph cannot be timed by parts.
     """
-    names = ("env", "preprocess", "forward", "backward", "optimizer", "logging")
-    samples = {name: [] for name in names}
-    for frame in frames:
-        marks = [time.perf_counter()]
-        env.step(env.action_space.sample())
-        marks.append(time.perf_counter())
-        x = preprocess_frame(frame, device)
+    samples = {name: [] for name in ("env", "preprocess", "forward", "backward", "optimizer", "logging")}
+    last = [time.perf_counter()]
+
+    def mark(name: str) -> None:
         sync(device)
-        marks.append(time.perf_counter())
-        parts, reconstruction, latents, mask = model.forward_loss(x)
-        sync(device)
-        marks.append(time.perf_counter())
-        model.backward(parts["loss"])
-        sync(device)
-        marks.append(time.perf_counter())
-        step_size, finite = model.optimizer_step(parts["loss"])
-        sync(device)
-        marks.append(time.perf_counter())
-        model.step += 1
-        results = {**parts, "psnr": -10 * torch.log10(parts["mse"]), "reconstruction": reconstruction,
-                   "change_mask": mask, "input": x, "step": model.step, "fps": 0.0, "step_ms": 0.0,
-                   "step_size": step_size, "skipped": ~finite}
+        now = time.perf_counter()
+        samples[name].append((now - last[0]) * 1e3)
+        last[0] = now
+
+    for _ in range(count):
+        last[0] = time.perf_counter()
+        results = model.update_params(frame, stage_marks=mark)
         logger.log_step(results, model)
-        sync(device)
-        marks.append(time.perf_counter())
-        for name, begin, end in zip(names, marks, marks[1:]):
-            samples[name].append((end - begin) * 1e3)
+        mark("logging")
+        frame = next_frame(env)
+        mark("env")
     return {name: round(statistics.median(values), 3) for name, values in samples.items()}
 
 
@@ -153,25 +137,26 @@ def bench_speed(args) -> dict:
     update_fps = timed_rate(lambda i: model.update_params(frames[i % len(frames)]), args.updates, device)
 
     log("env")
-    env, frame = make_env("Breakout", 0)
+    env, frame = make_env("Breakout", env_seed(0, 0))
     env_fps = timed_rate(lambda i: next_frame(env), 500, device)
 
     log("loop (env + preprocess + update + TensorBoard at the default cadence)")
-    defaults = Config()
     with tempfile.TemporaryDirectory() as folder:
-        logger = TensorBoardLogger(folder, scalar_every=defaults.log_every, image_every=defaults.image_every,
-                                   histogram_every=defaults.histogram_every)
-        model.logger = logger
+        logger = TensorBoardLogger(folder)
         state = {"frame": frame}
 
         def loop_step(i):
-            model.update_params(state["frame"])
+            state["results"] = model.update_params(state["frame"])
+            logger.log_step(state["results"], model)
             state["frame"] = next_frame(env)
 
-        loop_fps = timed_rate(loop_step, args.updates, device)
-        model.logger = None
+        loop_fps_unscored = timed_rate(loop_step, args.updates, device)
+        log(f"probe scoring ({PROBE_FRAMES} frames and the plasticity metrics, every {EVAL_EVERY} steps in the loop)")
+        probes = {"Breakout": probe_frames("Breakout", 0, PROBE_FRAMES)}
+        scoring_s = 1 / timed_rate(lambda i: scoring(model, probes, "Breakout", state["results"]), 1, device, repeats=3)
+        loop_fps = 1 / (1 / loop_fps_unscored + scoring_s / EVAL_EVERY)
         log("stages")
-        stages = stage_times(model, frames[:30], env, logger, device)
+        stages = stage_times(model, env, state["frame"], logger, device, 30)
         logger.close()
     log("matmul")
     peak = matmul_gflops(device)
@@ -187,6 +172,8 @@ def bench_speed(args) -> dict:
         "matmul_gflops": round(peak, 1),
         "roofline_fraction": round(achieved / peak, 4),
         "stages_ms": stages,
+        "loop_fps_unscored": round(loop_fps_unscored, 2),
+        "probe_scoring_ms": round(scoring_s * 1e3, 1),
         "compile": args.compile,
         "cuda_graph": model.captured_step is not None,
         "config": {k: v for k, v in vars(config).items()},
@@ -228,7 +215,7 @@ def quality_run(task: dict) -> dict:
     game, optimizer, frames_total = task["game"], task["optimizer"], task["frames"]
     torch.manual_seed(task["seed"])
     model = StreamingAutoEncoder(replace(ModelConfig(), **task["overrides"]), optimizer=optimizer, lr=task["lr"])
-    env, frame = make_env(game, task["seed"])
+    env, frame = make_env(game, env_seed(task["seed"], 0))
     tail_start = frames_total - max(1, frames_total // 10)
     mses = torch.empty(frames_total, dtype=torch.float64)  # filled in place: a list of 0-d tensors fragments the heap
     tail_frames = np.empty((frames_total - tail_start, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
@@ -282,6 +269,14 @@ def plot_quality(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def run_tasks(run, tasks: list[dict], jobs: int) -> list[dict]:
+    """Each task in order, in `jobs` parallel processes when more than one."""
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            return list(pool.map(run, tasks))
+    return [run(t) for t in tasks]
+
+
 def bench_quality(args) -> dict:
     overrides = parse_overrides(args.set)
     tasks = [
@@ -289,11 +284,7 @@ def bench_quality(args) -> dict:
          "lr": args.lr, "threads": args.threads, "index": i}
         for i, (g, o) in enumerate((g, o) for g in args.games for o in args.optimizers)
     ]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(quality_run, tasks))
-    else:
-        rows = [quality_run(t) for t in tasks]
+    rows = run_tasks(quality_run, tasks, args.jobs)
     if args.plot:
         plot_quality(rows, args.plot)
         log(f"plot: {args.plot}")
@@ -302,6 +293,109 @@ def bench_quality(args) -> dict:
             f"JPEG {row['jpeg_psnr']:6.2f} ({row['jpeg_bytes']:.0f} B)")
         if not args.curves:
             del row["mse_curve"]
+    return {"results": rows, "overrides": overrides}
+
+
+# continual ----------------------------------------------------------------------------------
+
+def continual_run(task: dict) -> dict:
+    """One (optimizer, seed) stream over the schedule, its probe sets scored at every
+    segment end and every `eval_every` steps; runs in its own process."""
+    torch.set_num_threads(task["threads"])
+    games, switch_every, seed = task["games"], task["switch_every"], task["seed"]
+    schedule = Schedule(tuple(games), switch_every)
+    total = switch_every * len(games) * task["cycles"]
+    torch.manual_seed(seed)
+    model = StreamingAutoEncoder(replace(ModelConfig(), **task["overrides"]), optimizer=task["optimizer"],
+                                 lr=task["lr"])
+    probes = {g: probe_frames(g, seed, task["probe_frames"]) for g in games}
+
+    def row() -> list[float]:
+        scores = probe_psnrs(model, probes)
+        return [round(scores[g], 3) for g in games]
+
+    initial = row()
+    matrix, curve = [], [(0, initial)]
+    stream = FrameStream(schedule, seed)
+    bar = tqdm(total=total, desc=f"{task['optimizer']}/seed {seed}", file=sys.stderr, mininterval=10,
+               position=task["index"])
+    for step in range(1, total + 1):
+        frame, switched = stream.frame_for(step)
+        if switched:
+            model.forget_previous_frame()
+        results = model.update_params(frame)
+        if step % switch_every == 0 or step % task["eval_every"] == 0:
+            scores = row()
+            if step % switch_every == 0:
+                matrix.append(scores)
+            if step % task["eval_every"] == 0:
+                curve.append((step, scores))
+        bar.update()
+    bar.close()
+    stream.close()
+    floor = [round(floor_psnr(probes[g]), 3) for g in games]
+    segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrix))]
+    plasticity = plasticity_metrics(model, probes[schedule.game_at(total)], results)
+    summary = forgetting_summary(matrix, segment_games, floor, len(games))
+    return {
+        "optimizer": task["optimizer"], "seed": seed, "games": games, "switch_every": switch_every,
+        "cycles": task["cycles"], "psnr_matrix": matrix, "initial": initial, "floor": floor,
+        "forgetting": [None if f is None else round(f, 3) for f in summary["forgetting"]],
+        "bwt": None if summary["bwt"] is None else round(summary["bwt"], 3),
+        "segment_gain": [round(g, 3) for g in summary["segment_gain"]],
+        "plasticity_trend": round(summary["plasticity_trend"], 3),
+        "plasticity": {k.split("/", 1)[1]: round(v, 5) for k, v in plasticity.items()},
+        "curve": curve,
+    }
+
+
+def plot_continual(rows: list[dict], path: str) -> None:
+    """Every game's probe PSNR over the whole stream (mean over seeds), one panel per
+    optimizer, each segment shaded in the colour of the game it trains."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    games, switch_every = rows[0]["games"], rows[0]["switch_every"]
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(len(optimizers), 1, figsize=(11, 2.8 * len(optimizers)), squeeze=False, sharex=True)
+    for ax, optimizer in zip(axes[:, 0], optimizers):
+        runs = [r for r in rows if r["optimizer"] == optimizer]
+        steps = [step for step, _ in runs[0]["curve"]]
+        scores = np.mean([[scores for _, scores in r["curve"]] for r in runs], axis=0)
+        for i in range(len(runs[0]["psnr_matrix"])):
+            ax.axvspan(i * switch_every, (i + 1) * switch_every, color=colours[i % len(games)], alpha=0.08, lw=0)
+        for g, game in enumerate(games):
+            ax.plot(steps, scores[:, g], color=colours[g], label=game)
+        ax.set_title(f"{optimizer} (mean of {len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=10)
+        ax.set_ylabel("probe PSNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, ncol=len(games), loc="lower right")
+    axes[-1, 0].set_xlabel("step (shading: the game being trained)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def bench_continual(args) -> dict:
+    overrides = parse_overrides(args.set)
+    tasks = [
+        {"games": args.games, "switch_every": args.switch_every, "cycles": args.cycles, "optimizer": o,
+         "seed": s, "lr": args.lr, "overrides": overrides, "eval_every": args.eval_every,
+         "probe_frames": args.probe_frames, "threads": args.threads, "index": i}
+        for i, (o, s) in enumerate((o, s) for o in args.optimizers for s in args.seeds)
+    ]
+    rows = run_tasks(continual_run, tasks, args.jobs)
+    if args.plot:
+        plot_continual(rows, args.plot)
+        log(f"plot: {args.plot}")
+    for row in rows:
+        forgetting = " ".join(f"{g}:{f:.2f}" if f is not None else f"{g}:-" for g, f in zip(row["games"], row["forgetting"]))
+        log(f"{row['optimizer']:>13} seed {row['seed']}: bwt {row['bwt']:.2f}  trend {row['plasticity_trend']:.2f}  "
+            f"forgetting {forgetting}")
+        if not args.curves:
+            del row["curve"]
     return {"results": rows, "overrides": overrides}
 
 
@@ -314,22 +408,21 @@ def resident_mb() -> float:
 
 def bench_soak(args) -> dict:
     torch.set_num_threads(args.threads)
-    defaults = Config()
     torch.manual_seed(0)
     model = StreamingAutoEncoder()
-    env, frame = make_env(args.game, 0)
+    env, frame = make_env(args.game, env_seed(0, 0))
     samples = []
     every = max(1, args.frames // 40)
     warmup = max(1, args.frames // 10)
     with tempfile.TemporaryDirectory() as folder:
-        model.logger = TensorBoardLogger(folder, scalar_every=defaults.log_every, image_every=defaults.image_every,
-                                         histogram_every=defaults.histogram_every)
+        logger = TensorBoardLogger(folder)
         for i in tqdm(range(1, args.frames + 1), desc="soak", file=sys.stderr, mininterval=5):
             results = model.update_params(frame)
+            logger.log_step(results, model)
             frame = next_frame(env)
             if i % every == 0 or i == warmup:
                 samples.append((i, round(resident_mb(), 1)))
-        model.logger.close(results, model)
+        logger.close(results, model)
         log_bytes = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
     after_warmup = [mb for i, mb in samples if i >= warmup]
     return {
@@ -349,7 +442,7 @@ def main() -> None:
     speed = sub.add_parser("speed", help="updates/s, loop FPS, FLOPs and the roofline")
     speed.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     speed.add_argument("--updates", type=int, default=60, help="updates per timing window")
-    speed.add_argument("--optimizer", default="obgd-adaptive", choices=list(OPTIMIZERS))
+    speed.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=list(OPTIMIZERS))
     speed.add_argument("--compile", action="store_true", help="torch.compile network and loss (warm-up compiles)")
     speed.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"],
                        help="capture each update as one CUDA graph (auto: with --compile on CUDA)")
@@ -357,7 +450,7 @@ def main() -> None:
     quality = sub.add_parser("quality", help="prequential PSNR against the mean-frame floor and JPEG")
     quality.add_argument("--frames", type=int, required=True)
     quality.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
-    quality.add_argument("--optimizers", nargs="+", default=["obgd-adaptive"], choices=list(OPTIMIZERS))
+    quality.add_argument("--optimizers", nargs="+", default=[DEFAULT_OPTIMIZER], choices=list(OPTIMIZERS))
     quality.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
@@ -365,14 +458,29 @@ def main() -> None:
     quality.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
     quality.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
     quality.add_argument("--curves", action="store_true", help="keep per-frame MSE curves in the JSON")
+    continual = sub.add_parser("continual", help="forgetting and plasticity over a schedule of games")
+    continual.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
+    continual.add_argument("--switch-every", type=int, required=True, help="steps per game")
+    continual.add_argument("--cycles", type=int, default=2, help="passes over the list of games")
+    continual.add_argument("--optimizers", nargs="+", default=[DEFAULT_OPTIMIZER], choices=list(OPTIMIZERS))
+    continual.add_argument("--seeds", nargs="+", type=int, default=[0])
+    continual.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
+    continual.add_argument("--eval-every", type=int, default=500, help="steps between probe scorings for the plot")
+    continual.add_argument("--probe-frames", type=int, default=PROBE_FRAMES, help="held-out probe frames per game")
+    continual.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
+    continual.add_argument("--plot", help="PNG path for the probe-PSNR-over-the-stream plot")
+    continual.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
+    continual.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
+    continual.add_argument("--curves", action="store_true", help="keep the probe PSNR curves in the JSON")
     soak = sub.add_parser("soak", help="resident memory and TensorBoard disk use over a long run")
     soak.add_argument("--frames", type=int, required=True)
     soak.add_argument("--game", default="Breakout")
     soak.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    for p in (speed, quality, soak):
+    for p in (speed, quality, continual, soak):
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = parser.parse_args()
-    result = {"speed": bench_speed, "quality": bench_quality, "soak": bench_soak}[args.command](args)
+    commands = {"speed": bench_speed, "quality": bench_quality, "continual": bench_continual, "soak": bench_soak}
+    result = commands[args.command](args)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 

@@ -1,10 +1,11 @@
-"""Live viewer: play an Atari game at random and learn to compress every frame.
+"""Live viewer: play Atari games at random and learn to compress every frame.
 
-    uv run main.py [--game Breakout] [--steps N] [--window on|off|auto] ...
+    uv run main.py [--game Breakout | --game A,B,C --switch-every N] [--steps N] [--window on|off|auto] ...
 
 Each frame goes through `StreamingAutoEncoder.update_params` (one ObGD step).
-Input, reconstruction and change mask are shown live, everything streams to
-TensorBoard, and the run resumes from its checkpoint (`quick_demo_model.pth`).
+Input, reconstruction and change mask are shown live, held-out probe sets of every
+game are scored without an update, everything streams to TensorBoard, and the run
+resumes from its checkpoint (`quick_demo_model.pth`).
 """
 
 import argparse
@@ -24,16 +25,14 @@ import numpy as np
 import torch
 
 from autoencoder import StreamingAutoEncoder
+from continual import EVAL_EVERY, PROBE_FRAMES, floor_psnr, scoring
 from model import ModelConfig
-from monitoring import TensorBoardLogger
-from optim import OPTIMIZERS
+from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY, TensorBoardLogger
+from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
+from stream import DEFAULT_GAMES, FrameStream, Schedule, env_id, installed_games, probe_frames
 from utils import postprocess_output
 
-DEFAULT_GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
-CHECKPOINT_FORMAT = 1
-# Architecture fields added after format 1 was fixed, with the values older checkpoints were built with
-# (their upsampled width was decoder_width // 2, and main.py always used decoder_width 32).
-LEGACY_ARCHITECTURE = {"branch_heads": True, "upsampled_width": 16, "encoder_layer_norm": True}
+CHECKPOINT_FORMAT = 2
 WINDOW_TITLE = "Streaming autoencoder"
 
 
@@ -41,8 +40,13 @@ WINDOW_TITLE = "Streaming autoencoder"
 class Config:
     """Every flag of main.py; `--help` prints these help texts."""
 
-    game: str | None = field(default=None, metadata={"help": "CamelCase ALE game (Breakout, MsPacman, ...); default: one of "
-                             + ", ".join(DEFAULT_GAMES) + " picked from --seed"})
+    game: str | None = field(default=None, metadata={"help": "CamelCase ALE game (Breakout, MsPacman, ...), or a "
+                             "comma-separated schedule A,B,C; default: one of " + ", ".join(DEFAULT_GAMES)
+                             + " picked from --seed"})
+    switch_every: int = field(default=5000, metadata={"help": "steps per game when --game lists several"})
+    eval_every: int = field(default=EVAL_EVERY, metadata={"help": "steps between scorings of the held-out probe "
+                            "sets (and at the last step); 0 = never"})
+    probe_frames: int = field(default=PROBE_FRAMES, metadata={"help": "held-out probe frames per game"})
     steps: int = field(default=0, metadata={"help": "stop at this total step count, resumed steps included; 0 = until Ctrl+C"})
     seed: int | None = field(default=None, metadata={"help": "seeds the game choice, policy, env and torch (default: random, printed)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
@@ -52,16 +56,19 @@ class Config:
     checkpoint: str = field(default="quick_demo_model.pth", metadata={"help": "checkpoint file to resume from and save to"})
     fresh: bool = field(default=False, metadata={"help": "ignore an existing checkpoint (it is replaced at the first save)"})
     save_every: int = field(default=1000, metadata={"help": "steps between checkpoint saves (and at every normal end)"})
-    optimizer: str = field(default="obgd-adaptive", metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())})
+    optimizer: str = field(default=DEFAULT_OPTIMIZER, metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
                              + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss, and on CUDA replay "
                           "each update as one captured CUDA graph (faster per step, a minute or more to compile first)"})
     tensorboard: bool = field(default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"})
-    log_every: int = field(default=1, metadata={"help": "steps between TensorBoard scalar points"})
-    image_every: int = field(default=500, metadata={"help": "steps between TensorBoard images (also at the first and last step)"})
-    histogram_every: int = field(default=2000, metadata={"help": "steps between parameter histograms (also first and last step)"})
+    display_fps: float = field(default=10.0, metadata={"help": "most window redraws per second (learning runs on every frame)"})
+    log_every: int = field(default=SCALAR_EVERY, metadata={"help": "steps between TensorBoard scalar points"})
+    image_every: int = field(default=IMAGE_EVERY, metadata={"help": "steps between TensorBoard images (also at the first "
+                             "and last step)"})
+    histogram_every: int = field(default=HISTOGRAM_EVERY, metadata={"help": "steps between parameter histograms (also "
+                                 "first and last step)"})
 
 
 class UsageError(Exception):
@@ -89,43 +96,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, set[str]]:
     return Config(**given), set(given)
 
 
-def env_id(game: str) -> str:
-    return f"ALE/{game}-v5"
-
-
-def installed_games() -> list[str]:
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
-    return sorted(name[4:-3] for name in gym.registry if name.startswith("ALE/") and name.endswith("-v5"))
-
-
-def env_seed(seed: int, step: int) -> int:
-    """A fresh env seed per (run seed, step), so a resumed run sees new frames."""
-    return (seed * 1_000_003 + step) % (2**31 - 1)
-
-
-def make_env(game: str, seed: int, step: int = 0):
-    """The ALE v5 env and its seeded random policy, reset to a first frame."""
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
-    env = gym.make(env_id(game))
-    frame, _ = env.reset(seed=env_seed(seed, step))
-    env.action_space.seed(env_seed(seed, step))
-    return env, frame
-
-
-def next_frame(env):
-    """One random-policy step; a finished episode resets and goes on."""
-    frame, _, terminated, truncated, _ = env.step(env.action_space.sample())
-    if terminated or truncated:
-        frame, _ = env.reset()
-    return frame
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,9 +107,14 @@ def resolve_device(name: str) -> torch.device:
 def validate(config: Config) -> None:
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0 (0 = until Ctrl+C), got {config.steps}")
-    for name in ("save_every", "log_every", "image_every", "histogram_every", "latent_channels"):
+    for name in ("save_every", "log_every", "image_every", "histogram_every", "latent_channels", "switch_every",
+                 "probe_frames"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.eval_every < 0:
+        raise UsageError(f"--eval-every must be >= 0 (0 = never), got {config.eval_every}")
+    if not config.display_fps > 0:
+        raise UsageError(f"--display-fps must be > 0, got {config.display_fps}")
     if config.device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, got {config.device!r}")
     if config.window not in ("auto", "on", "off"):
@@ -188,14 +163,15 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def save_checkpoint(path: Path, model: StreamingAutoEncoder, config: Config, game: str, log_dir: str) -> None:
+def save_checkpoint(path: Path, model: StreamingAutoEncoder, config: Config, schedule: Schedule, log_dir: str) -> None:
     """Atomic save: temp file in the same folder, fsync, rename, fsync the folder."""
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": model.optimizer.state_dict(),
         "step": model.step,
-        "game": game,
+        "game": schedule.game_at(max(model.step, 1)),
+        "schedule": {"games": list(schedule.games), "switch_every": schedule.switch_every},
         "seed": config.seed,
         "config": asdict(config),
         "architecture": model.architecture(),
@@ -229,10 +205,14 @@ def merge_with_checkpoint(config: Config, given: set[str], checkpoint: dict) -> 
                 f"{architecture[key]}; start over with --fresh, or pick another --checkpoint"
             )
     resumable = {"seed", "lr", "latent_channels", "optimizer", "save_every", "log_every", "image_every",
-                 "histogram_every", "compile"}
+                 "histogram_every", "compile", "eval_every", "probe_frames", "display_fps"}
     values = {k: saved[k] for k in resumable if k in saved and k not in given}
     values["latent_channels"] = architecture["latent_channels"]
     values["optimizer"] = architecture["optimizer"]
+    if "game" not in given:
+        values["game"] = ",".join(checkpoint["schedule"]["games"])
+    if "switch_every" not in given:
+        values["switch_every"] = checkpoint["schedule"]["switch_every"]
     return Config(**{**asdict(config), **values})
 
 
@@ -253,35 +233,67 @@ def display_usable() -> bool:
 
 
 class Viewer:
-    """The live window: input | reconstruction | change mask, with a status bar."""
+    """The live window: input | reconstruction | change mask, a status bar with the game
+    and its place in the schedule, and a strip with each game's probe PSNR.
 
-    def __init__(self, game: str, scale: int = 2):
+    It redraws at most `display_fps` times a second; learning runs on every frame.
+    """
+
+    BAR_RANGE = (10.0, 45.0)  # dB spanned by a full probe bar
+
+    def __init__(self, games: tuple[str, ...], display_fps: float, scale: int = 2):
         import cv2
 
         self.cv2 = cv2
-        self.game = game
+        self.games = games
         self.scale = scale
+        self.interval = 1.0 / display_fps
+        self.last_draw = -float("inf")
+        self.redraws = 0
         cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
 
-    def show(self, results: dict, fps: float) -> bool:
+    def due(self) -> bool:
+        return time.monotonic() - self.last_draw >= self.interval
+
+    def show(self, results: dict, fps: float, position: str, probe: dict[str, float], game: str) -> bool:
         """Draw one frame; False when the user asked to quit (q, Esc, window closed)."""
         cv2 = self.cv2
+        self.last_draw = time.monotonic()
+        self.redraws += 1
         mask = results["change_mask"].expand(-1, 3, -1, -1)
         panels = torch.cat([results["input"][0], results["reconstruction"][0], mask[0]], dim=2)
         image = cv2.cvtColor(postprocess_output(panels), cv2.COLOR_RGB2BGR)
         image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
-        bar = np.zeros((36, image.shape[1], 3), np.uint8)
-        psnr = float(results["psnr"])
-        status = f"{self.game}  step {results['step']}  {fps:5.1f} FPS  PSNR {psnr:5.2f} dB"
-        cv2.putText(bar, status, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-        width = image.shape[1] // 3
+        width = image.shape[1]
         for i, label in enumerate(("input", "reconstruction", "change mask")):
-            cv2.putText(image, label, (i * width + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
-        cv2.imshow(WINDOW_TITLE, np.vstack([image, bar]))
+            cv2.putText(image, label, (i * width // 3 + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1,
+                        cv2.LINE_AA)
+        bar = np.zeros((36, width, 3), np.uint8)
+        status = f"{position}  step {results['step']}  {fps:5.1f} FPS  PSNR {float(results['psnr']):5.2f} dB"
+        cv2.putText(bar, status, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.imshow(WINDOW_TITLE, np.vstack([image, bar, self._probe_strip(width, probe, game)]))
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27):
             return False
         return cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) >= 1
+
+    def _probe_strip(self, width: int, probe: dict[str, float], game: str) -> np.ndarray:
+        """One cell per game: its name, its last probe PSNR and a bar; the game now played in yellow."""
+        cv2 = self.cv2
+        strip = np.full((52, width, 3), 24, np.uint8)
+        cell = width // len(self.games)
+        low, high = self.BAR_RANGE
+        for i, name in enumerate(self.games):
+            colour = (0, 220, 255) if name == game else (200, 200, 200)
+            value = probe.get(name)
+            text = f"{name} probe {value:5.2f} dB" if value is not None else f"{name} probe: not scored yet"
+            x = i * cell + 8
+            cv2.putText(strip, text, (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+            cv2.rectangle(strip, (x, 30), (x + cell - 16, 44), (70, 70, 70), 1)
+            if value is not None:
+                fill = int((cell - 16) * min(max((value - low) / (high - low), 0.0), 1.0))
+                cv2.rectangle(strip, (x, 30), (x + fill, 44), colour, -1)
+        return strip
 
     def close(self) -> None:
         self.cv2.destroyAllWindows()
@@ -290,19 +302,19 @@ class Viewer:
 class Progress:
     """Headless progress: one live line on a terminal, plain periodic lines otherwise."""
 
-    def __init__(self, game: str, total: int):
-        self.game = game
+    def __init__(self, total: int):
         self.total = total
         self.live = sys.stdout.isatty()
         self.every = 0.25 if self.live else 10.0
         self.last = time.monotonic()
 
-    def update(self, results: dict, fps: float) -> None:
+    def update(self, results: dict, fps: float, position: str, probe: dict[str, float], game: str) -> None:
         if time.monotonic() - self.last < self.every:
             return
         self.last = time.monotonic()
         target = f"/{self.total}" if self.total else ""
-        line = f"{self.game} step {results['step']}{target}  {fps:6.1f} FPS  PSNR {float(results['psnr']):6.2f} dB"
+        scored = f"  probe {probe[game]:6.2f} dB" if game in probe else ""
+        line = f"{position} step {results['step']}{target}  {fps:6.1f} FPS  PSNR {float(results['psnr']):6.2f} dB{scored}"
         print(f"\r{line}   " if self.live else line, end="" if self.live else "\n", flush=True)
 
     def close(self) -> None:
@@ -340,7 +352,17 @@ class StopFlag:
 
 # The run ------------------------------------------------------------------------------------
 
-def prepare(argv: list[str] | None) -> tuple[Config, dict | None, str, Path]:
+def parse_games(text: str) -> tuple[str, ...]:
+    """`Breakout` or `Breakout,Pacman,Assault`: every name must be an installed game."""
+    games = tuple(name.strip() for name in text.split(","))
+    valid = installed_games()
+    for game in games:
+        if game not in valid:
+            raise UsageError(f"unknown game {game!r}; valid names: {', '.join(valid)}")
+    return games
+
+
+def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path]:
     """Parse, validate and resolve everything; raises UsageError before anything is written."""
     config, given = parse_args(argv)
     validate(config)
@@ -354,20 +376,18 @@ def prepare(argv: list[str] | None) -> tuple[Config, dict | None, str, Path]:
         config = merge_with_checkpoint(config, given, checkpoint)
     if config.seed is None:
         config.seed = random.SystemRandom().randrange(2**31)
-    games = installed_games()
-    game = config.game or (checkpoint["game"] if checkpoint else random.Random(config.seed).choice(DEFAULT_GAMES))
-    if game not in games:
-        raise UsageError(f"unknown game {game!r}; valid names: {', '.join(games)}")
-    config.game = game
+    config.game = ",".join(parse_games(config.game or random.Random(config.seed).choice(DEFAULT_GAMES)))
+    schedule = Schedule(tuple(config.game.split(",")), config.switch_every)
     resolve_device(config.device)
     if config.log_dir is None:
         if checkpoint and checkpoint.get("log_dir"):
             config.log_dir = checkpoint["log_dir"]
         else:
-            config.log_dir = str(Path("runs") / f"{game}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}")
+            name = "+".join(schedule.games)
+            config.log_dir = str(Path("runs") / f"{name}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}")
     log_dir = Path(config.log_dir)
     check_writable_folder(log_dir.resolve(), "log folder")
-    return config, checkpoint, game, log_dir
+    return config, checkpoint, schedule, log_dir
 
 
 def build_model(config: Config, checkpoint: dict | None, device: torch.device) -> StreamingAutoEncoder:
@@ -375,7 +395,7 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
     if checkpoint is None:
         return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels),
                                     optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile)
-    architecture = {**LEGACY_ARCHITECTURE, **checkpoint["architecture"]}
+    architecture = dict(checkpoint["architecture"])
     optimizer = architecture.pop("optimizer")
     try:
         model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
@@ -395,8 +415,89 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
     return model
 
 
+class LiveRun:
+    """The loop's parts wired together: frame stream, learner, probe scoring, TensorBoard,
+    window or progress line, checkpoints."""
+
+    def __init__(self, config: Config, model: StreamingAutoEncoder, schedule: Schedule, log_dir: Path,
+                 checkpoint: dict | None, window: bool):
+        self.config, self.model, self.schedule, self.log_dir = config, model, schedule, log_dir
+        self.checkpoint_path = Path(config.checkpoint)
+        start_step = model.step
+        self.logger = TensorBoardLogger(str(log_dir), scalar_every=config.log_every, image_every=config.image_every,
+                                        histogram_every=config.histogram_every,
+                                        purge_step=start_step + 1 if checkpoint else None)
+        self.logger.log_config({**asdict(config), "device": str(model.device), "resumed_at": start_step})
+        if checkpoint and checkpoint["schedule"]["games"] != list(schedule.games):
+            self.logger.log_event(f"schedule changed from {','.join(checkpoint['schedule']['games'])} to "
+                                  f"{','.join(schedule.games)} at step {start_step}", start_step)
+        self.probe_sets = {}
+        if config.eval_every:
+            self.probe_sets = {g: probe_frames(g, config.seed, config.probe_frames) for g in schedule.games}
+            self.logger.log_scalars({f"probe/floor/{g}": floor_psnr(f) for g, f in self.probe_sets.items()}, start_step)
+        self.previous_game = checkpoint["game"] if checkpoint else None
+        self.stream = FrameStream(schedule, config.seed)
+        self.viewer = Viewer(schedule.games, config.display_fps) if window else None
+        self.progress = None if window else Progress(config.steps)
+        self.probe: dict[str, float] = {}
+        self.results = None
+        self.scored_step = None
+
+    def step(self) -> bool:
+        """Learn one frame; False when the user asked to quit."""
+        step = self.model.step + 1
+        frame, entered = self.stream.frame_for(step)
+        game = self.stream.game
+        if entered:
+            self.model.forget_previous_frame()
+            if self.previous_game is not None and game != self.previous_game:
+                self.logger.log_event(f"switched to {game} at step {step}", step)
+                if self.progress is not None:
+                    self.progress.close()
+                print(f"switching game: {self.previous_game} -> {game} at step {step}", flush=True)
+            self.previous_game = game
+        self.results = self.model.update_params(frame)
+        self.logger.log_step(self.results, self.model)
+        if self.config.eval_every and (step % self.config.eval_every == 0 or step == self.config.steps):
+            self.score()
+        if step % self.config.save_every == 0:
+            self.save()
+        position = self.schedule.position(step)
+        fps = self.model.performance.fps
+        if self.viewer is None:
+            self.progress.update(self.results, fps, position, self.probe, game)
+        elif self.viewer.due():
+            return self.viewer.show(self.results, fps, position, self.probe, game)
+        return True
+
+    def score(self) -> None:
+        """Score every probe set and the plasticity metrics at this step, without an update."""
+        tags = scoring(self.model, self.probe_sets, self.stream.game, self.results)
+        self.logger.log_scalars(tags, self.model.step)
+        self.probe = {g: tags[f"probe/psnr/{g}"] for g in self.probe_sets}
+        self.scored_step = self.model.step
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.model, self.config, self.schedule, str(self.log_dir))
+
+    def finish(self) -> None:
+        """The last step's scoring (unless done), then the final save and closing everything."""
+        if self.config.eval_every and self.results is not None and self.scored_step != self.model.step:
+            self.score()
+        self.close()
+
+    def close(self) -> None:
+        self.save()
+        self.logger.close(self.results, self.model)
+        if self.progress is not None:
+            self.progress.close()
+        if self.viewer is not None:
+            self.viewer.close()
+        self.stream.close()
+
+
 def run(argv: list[str] | None = None) -> int:
-    config, checkpoint, game, log_dir = prepare(argv)
+    config, checkpoint, schedule, log_dir = prepare(argv)
     start_step = int(checkpoint["step"]) if checkpoint else 0
     if config.steps and start_step >= config.steps:
         print(f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do")
@@ -406,56 +507,34 @@ def run(argv: list[str] | None = None) -> int:
     model = build_model(config, checkpoint, device)
     window = config.window == "on" or (config.window == "auto" and display_usable())
 
-    print(f"game: {game} ({env_id(game)})  seed: {config.seed}")
+    games = ", ".join(f"{g} ({env_id(g)})" for g in schedule.games)
+    every = f", {schedule.switch_every} steps each" if len(schedule.games) > 1 else ""
+    print(f"game: {games}{every}  seed: {config.seed}")
     print(f"device: {device}  optimizer: {model.optimizer_name} (lr {model.lr:g})")
     print(f"log folder: {log_dir}")
     if checkpoint:
         print(f"resumed from {config.checkpoint} at step {start_step}")
 
-    logger = TensorBoardLogger(str(log_dir), scalar_every=config.log_every, image_every=config.image_every,
-                               histogram_every=config.histogram_every,
-                               purge_step=start_step + 1 if checkpoint else None)
-    model.logger = logger
-    logger.log_config({**asdict(config), "device": str(device), "resumed_at": start_step})
-    if checkpoint and checkpoint["game"] != game:
-        logger.writer.add_text("events", f"switched game from {checkpoint['game']} to {game} at step {start_step}", start_step)
-        print(f"switching game: {checkpoint['game']} -> {game}")
-
     server = None
     if config.tensorboard:
         server, url = start_tensorboard(log_dir)
         print(f"TensorBoard: {url}", flush=True)
-
-    env, frame = make_env(game, config.seed, start_step)
-    viewer = Viewer(game) if window else None
-    progress = None if window else Progress(game, config.steps)
-    results = None
-    checkpoint_path = Path(config.checkpoint)
+    live = LiveRun(config, model, schedule, log_dir, checkpoint, window)
     try:
         while not stop and not (config.steps and model.step >= config.steps):
-            results = model.update_params(frame)
-            fps = model.performance.fps
-            if viewer is not None:
-                if not viewer.show(results, fps):
-                    stop.reason = "quit key"
-            else:
-                progress.update(results, fps)
-            if model.step % config.save_every == 0:
-                save_checkpoint(checkpoint_path, model, config, game, str(log_dir))
-            frame = next_frame(env)
+            if not live.step():
+                stop.reason = "quit key"
+    except BaseException:
+        live.close()
+        raise
+    else:
+        live.finish()
     finally:
-        save_checkpoint(checkpoint_path, model, config, game, str(log_dir))
-        logger.close(results, model)
-        if progress is not None:
-            progress.close()
-        if viewer is not None:
-            viewer.close()
-        env.close()
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
     ended = f"stopped by {stop.reason}" if stop else f"reached step {model.step}"
-    print(f"{ended}; saved {checkpoint_path} at step {model.step}")
+    print(f"{ended}; saved {live.checkpoint_path} at step {model.step}")
     return 0
 
 

@@ -166,6 +166,12 @@ class EncoderBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.stage2(self.stage1(x)))
 
+    def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(stage 1 output, stage 2 output, latent): the hidden maps after their activation."""
+        first = self.stage1(x)
+        second = self.stage2(first)
+        return first, second, self.to_latent(second)
+
 
 class Encoder(nn.Module):
     """Three parallel branches (3x3, 5x5, 7x7 kernels), one latent each."""
@@ -270,6 +276,11 @@ class Decoder(nn.Module):
         self.norm = LayerNormalization() if config.use_layer_norm else nn.Identity()
 
     def forward(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        return self.hidden(latents)[-1]
+
+    def hidden(self, latents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fused 28x28 features, upsampled 56x56 features, output image): the hidden maps
+        after their activation, and the reconstruction."""
         def resize(z: torch.Tensor) -> torch.Tensor:
             return F.interpolate(z, size=(self.fused_size, self.fused_size), mode="bilinear", align_corners=False)
 
@@ -277,8 +288,34 @@ class Decoder(nn.Module):
             branches = [resize(z) for z in latents]
         else:
             branches = [DenseGrad.apply(resize(F.leaky_relu(head(z)))) for head, z in zip(self.heads, latents)]
-        x = F.leaky_relu(self.norm(self.fuse(torch.cat(branches, dim=1))))
-        x = self.transformer(self.residual(x))
-        x = F.leaky_relu(self.norm(self.up(x)))
-        logits = self.to_rgb(x)
-        return ReachableSigmoid.apply(logits, self.output_margin) if self.output_margin > 0 else torch.sigmoid(logits)
+        fused = F.leaky_relu(self.norm(self.fuse(torch.cat(branches, dim=1))))
+        upsampled = F.leaky_relu(self.norm(self.up(self.transformer(self.residual(fused)))))
+        logits = self.to_rgb(upsampled)
+        image = ReachableSigmoid.apply(logits, self.output_margin) if self.output_margin > 0 else torch.sigmoid(logits)
+        return fused, upsampled, image
+
+
+class AutoEncoder(nn.Module):
+    """The network alone: frames (N, 3, 224, 224) -> (reconstructions, latents)."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        latents = self.encoder(x)
+        return self.decoder(latents), latents
+
+    def hidden_activations(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every hidden convolution's output after its activation (the encoder stages, the
+        decoder's fusion and upsampling; not the latents, not the RGB output), by name,
+        and the reconstruction."""
+        maps, latents = {}, []
+        for k, branch in zip(BRANCH_KERNELS, self.encoder.branches):
+            first, second, latent = branch.hidden(x)
+            maps[f"encoder.{k}x{k}.stage1"], maps[f"encoder.{k}x{k}.stage2"] = first, second
+            latents.append(latent)
+        maps["decoder.fuse"], maps["decoder.up"], image = self.decoder.hidden(latents)
+        return maps, image

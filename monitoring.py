@@ -22,6 +22,7 @@ DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one
 }
 HOST_TAGS = {"perf/fps": "fps", "perf/step_ms": "step_ms"}  # measured on the host
 SCALAR_TAGS = {**DEVICE_TAGS, **HOST_TAGS}
+SCALAR_EVERY, IMAGE_EVERY, HISTOGRAM_EVERY = 1, 500, 2000  # default cadences, in steps
 
 
 class PerformanceMonitor:
@@ -77,9 +78,9 @@ class TensorBoardLogger:
     def __init__(
         self,
         log_dir: str,
-        scalar_every: int = 1,
-        image_every: int = 500,
-        histogram_every: int = 2000,
+        scalar_every: int = SCALAR_EVERY,
+        image_every: int = IMAGE_EVERY,
+        histogram_every: int = HISTOGRAM_EVERY,
         flush_secs: float = 3.0,
         feature_maps: bool = True,
         purge_step: int | None = None,
@@ -101,6 +102,15 @@ class TensorBoardLogger:
     def log_config(self, config: dict) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
         self.writer.add_text("config", f"| setting | value |\n|---|---|\n{rows}", global_step=0)
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Host values (probe scores, plasticity), written at once."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_event(self, text: str, step: int) -> None:
+        """A stream event (a switch of games) as text under `events`."""
+        self.writer.add_text("events", text, step)
 
     def log_step(self, results: dict, model) -> None:
         step = results["step"]

@@ -1,14 +1,18 @@
-"""ObGD, the step-size-bounded streaming optimizer, and sparse initialisation.
+"""ObGD, the step-size-bounded streaming optimizer, its baselines, and sparse initialisation.
 
 Reference: Elsayed, Vasan and Mahmood (2024), "Streaming Deep Reinforcement Learning
 Finally Works". Every step is a handful of fused `torch._foreach_*` kernels, and the
 bound is computed on the device, so `step()` never waits for the host.
+
+Every optimizer the learner can use implements one protocol, `StreamingOptimizer`:
+`update(loss, finite) -> step_size`, called after the gradient is clipped (and zeroed
+when not finite). Registering a class in `OPTIMIZERS` (`register_optimizer`) is all a
+new one needs.
 """
 
 import math
-from dataclasses import dataclass
-from functools import partial
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -18,6 +22,22 @@ def _on_device(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device, made by a fill kernel: no host-to-device copy,
     which would wait for the device and cannot be captured in a CUDA graph."""
     return value.to(device=like.device, dtype=like.dtype) if torch.is_tensor(value) else like.new_full((), value)
+
+
+class StreamingOptimizer(Protocol):
+    """What the learner asks of an optimizer: one update per frame, no host sync.
+
+    `update(loss, finite)` gets the (detached) loss and a 0-d bool tensor that is False
+    when the loss or gradient was not finite; the gradient is then already zero, and the
+    update must leave the parameters as they are. It returns the effective step size as a
+    0-d device tensor. `state_dict` / `load_state_dict` carry the state in checkpoints.
+    """
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> None: ...
 
 
 class ObGD:
@@ -49,6 +69,10 @@ class ObGD:
         step_size = group["lr"] / torch.clamp(bound, min=1.0)
         torch._foreach_add_(params, torch._foreach_mul(traces, -step_size * delta))
         return step_size
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        """For a loss the pseudo-error is 1; a skipped update gets delta = 0 (no step)."""
+        return self.step(delta=finite.float())
 
     def _accumulate_traces(self):
         """z <- gamma*lamda*z + grad for every parameter with a gradient; (params, grads, traces)."""
@@ -93,7 +117,7 @@ class AdaptiveObGD(ObGD):
     As stream-x's AdaptiveObGD, the trace is divided by the running RMS of delta*z
     (beta2, bias-corrected), which gives every parameter its own scale:
     u = delta * z / (sqrt(v_hat) + eps). The paper's bound sums |u| over all
-    parameters, which with ~100k of them shrinks every step ~100k-fold. Here the
+    parameters, which with tens of thousands of them shrinks every step as many times. Here the
     bound keeps ObGD's purpose, no overshoot, but measures it where it happens: the
     first-order loss decrease of the step, step * |g . u|, may not exceed loss / kappa:
 
@@ -133,6 +157,9 @@ class AdaptiveObGD(ObGD):
             step_size = step_size / torch.clamp(bound, min=1.0)
         torch._foreach_add_(params, torch._foreach_mul(direction, -step_size))
         return step_size
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return self.step(delta=finite.float(), loss=torch.where(finite, loss.detach(), 0.0))
 
     def state_dict(self) -> dict:
         saved = super().state_dict()
@@ -183,25 +210,61 @@ def sparse_init_model_(model: nn.Module, sparsity: float = 0.5) -> nn.Module:
     return model
 
 
+class _LearningRateStep:
+    """The protocol for torch.optim's fused Adam and SGD: a non-finite update is skipped
+    by their `found_inf` flag, and the step size reported is the learning rate."""
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        self.found_inf = (~finite).float()
+        self.step()
+        if not hasattr(self, "_lr_tensor"):
+            self._lr_tensor = finite.new_full((), self.param_groups[0]["lr"], dtype=torch.float32)
+        return self._lr_tensor
+
+
+class StreamingAdam(_LearningRateStep, torch.optim.Adam):
+    """Adam at batch size 1 (fused)."""
+
+    def __init__(self, params, lr: float = 1e-3, capturable: bool = False):
+        super().__init__(params, lr=lr, fused=True, capturable=capturable)
+
+
+class StreamingSGD(_LearningRateStep, torch.optim.SGD):
+    """Plain SGD at batch size 1 (fused)."""
+
+    def __init__(self, params, lr: float = 1.0):
+        super().__init__(params, lr=lr, fused=True)
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
-    build: Callable
+    build: Callable[..., StreamingOptimizer]
     default_lr: float
     summary: str
+    capture_kwargs: dict = field(default_factory=dict)  # extra constructor arguments under a CUDA graph
 
 
-OPTIMIZERS = {
-    "obgd": OptimizerSpec(ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)"),
-    "obgd-adaptive": OptimizerSpec(AdaptiveObGD, 1e-3, "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease"),
-    "adam": OptimizerSpec(partial(torch.optim.Adam, fused=True), 1e-3, "Adam at batch size 1 (baseline)"),
-    "sgd": OptimizerSpec(partial(torch.optim.SGD, fused=True), 1.0, "plain SGD at batch size 1 (baseline)"),
-}
+OPTIMIZERS: dict[str, OptimizerSpec] = {}
+DEFAULT_OPTIMIZER = "obgd-adaptive"  # measured better than the reference rule (docs/BENCHMARKS.md)
 
 
-def make_optimizer(name: str, params, lr: float, capturable: bool = False) -> torch.optim.Optimizer:
-    """`capturable` (for CUDA graphs) matters only to Adam, which refuses graph capture
-    without it; fused Adam keeps its step count on the device either way."""
+def register_optimizer(name: str, build: Callable[..., StreamingOptimizer], default_lr: float, summary: str,
+                       capture_kwargs: dict | None = None) -> None:
+    """Make `build(params, lr=...)` available to the learner, `--optimizer` and bench.py as `name`."""
+    OPTIMIZERS[name] = OptimizerSpec(build, default_lr, summary, capture_kwargs or {})
+
+
+register_optimizer("obgd", ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)")
+register_optimizer("obgd-adaptive", AdaptiveObGD, 1e-3,
+                   "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease")
+register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", {"capturable": True})
+register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)")
+
+
+def make_optimizer(name: str, params, lr: float, capturable: bool = False) -> StreamingOptimizer:
+    """`capturable`: the optimizer will be replayed in a CUDA graph (Adam refuses capture
+    without its `capturable` mode)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    extra = {"capturable": True} if capturable and name == "adam" else {}
-    return OPTIMIZERS[name].build(params, lr=lr, **extra)
+    spec = OPTIMIZERS[name]
+    return spec.build(params, lr=lr, **(spec.capture_kwargs if capturable else {}))

@@ -11,8 +11,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def ale_frames(game: str, count: int, seed: int = 0) -> list[np.ndarray]:
-    """Real frames from a seeded random-policy ALE stream (bench.py's own collector)."""
-    from bench import collect_frames
+    """Real frames from a seeded random-policy ALE stream."""
+    from stream import collect_frames
 
     return collect_frames(game, count, seed)
 

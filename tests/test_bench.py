@@ -57,3 +57,26 @@ def test_soak_reports_memory_growth_and_log_size():
     assert report["frames"] == 40
     assert len(report["rss_mb"]) >= 2 and report["rss_peak_mb"] > 100
     assert report["tensorboard_bytes"] > 0 and report["tensorboard_mb_per_100k_frames"] > 0
+
+
+def test_continual_rows_matrix_summary_and_plot(tmp_path):
+    from continual import forgetting_summary
+
+    plot = tmp_path / "continual.png"
+    report = run_bench("continual", "--games", "Breakout", "Pong", "--switch-every", "8", "--cycles", "2",
+                       "--optimizers", "obgd", "sgd", "--seeds", "0", "--eval-every", "4", "--probe-frames", "4",
+                       "--plot", str(plot))
+    rows = report["results"]
+    assert [(r["optimizer"], r["seed"]) for r in rows] == [("obgd", 0), ("sgd", 0)]
+    for row in rows:
+        assert len(row["psnr_matrix"]) == 4 and all(len(r) == 2 for r in row["psnr_matrix"])
+        assert len(row["initial"]) == len(row["floor"]) == 2
+        assert row["initial"] == rows[0]["initial"]  # same seed, same initial weights and probe sets
+        assert row["psnr_matrix"] != [row["initial"]] * 4  # learning moved the scores
+        summary = forgetting_summary(row["psnr_matrix"], [0, 1, 0, 1], row["floor"], 2)
+        assert row["forgetting"] == pytest.approx(summary["forgetting"], abs=1e-3)
+        assert row["bwt"] == pytest.approx(summary["bwt"], abs=1e-3)
+        assert row["plasticity_trend"] == pytest.approx(summary["plasticity_trend"], abs=1e-3)
+        assert len(row["segment_gain"]) == 4
+        assert {"upgd", "dormant_fraction", "effective_rank", "weight_l2", "grad_l2"} == row["plasticity"].keys()
+    assert cv2.imread(str(plot)) is not None

@@ -65,8 +65,9 @@ def test_the_seed_picks_the_game(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     picks = {}
     for seed in range(12):
-        config, _, game, _ = main.prepare(["--seed", str(seed)])
-        assert game == main.prepare(["--seed", str(seed)])[2]
+        config, _, schedule, _ = main.prepare(["--seed", str(seed)])
+        game = config.game
+        assert schedule.games == (game,) and game == main.prepare(["--seed", str(seed)])[0].game
         assert game in main.DEFAULT_GAMES
         picks[seed] = game
     assert len(set(picks.values())) > 1
@@ -74,8 +75,8 @@ def test_the_seed_picks_the_game(tmp_path, monkeypatch):
 
 
 def test_any_installed_game_is_accepted_and_an_unknown_one_lists_names(tmp_path):
-    config, _, game, _ = main.prepare(["--game", "MsPacman", "--checkpoint", str(tmp_path / "c.pth")])
-    assert game == "MsPacman"
+    config, _, schedule, _ = main.prepare(["--game", "MsPacman", "--checkpoint", str(tmp_path / "c.pth")])
+    assert schedule.games == ("MsPacman",)
     bad = run_main(["--game", "Brekout", "--window", "off"], tmp_path)
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()

@@ -14,6 +14,7 @@ import main
 from autoencoder import StreamingAutoEncoder, create_streaming_ae
 from helpers import checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
 from model import ModelConfig
+from stream import Schedule
 
 HEADLESS = ["--window", "off", "--game", "Breakout", "--seed", "5"]
 
@@ -83,7 +84,7 @@ class _RunsCode:
 
 def _valid_checkpoint(path: Path, model: StreamingAutoEncoder | None = None) -> None:
     config, _ = main.parse_args(["--seed", "1", "--game", "Breakout"])
-    main.save_checkpoint(path, model or create_streaming_ae(), config, "Breakout", "runs/x")
+    main.save_checkpoint(path, model or create_streaming_ae(), config, Schedule(("Breakout",), 5000), "runs/x")
 
 
 def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
@@ -101,31 +102,18 @@ def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
         checkpoint = torch.load(path, weights_only=True)
         checkpoint["architecture"]["encoder_widths"] = ModelConfig().encoder_widths
         torch.save(checkpoint, path)
+    elif kind == "older format":
+        _valid_checkpoint(path)
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["format_version"] = main.CHECKPOINT_FORMAT - 1
+        torch.save(checkpoint, path)
     elif kind == "code":
         with open(path, "wb") as file:
             pickle.dump({"model": _RunsCode(str(marker))}, file)
 
 
-def test_a_checkpoint_saved_before_branch_heads_was_a_field_resumes(tmp_path):
-    """Older checkpoints lack the newer fields; their decoder had a head per branch and
-    their encoder a layer norm after each convolution."""
-    path = tmp_path / "quick_demo_model.pth"
-    previous_default = ModelConfig(branch_heads=True, encoder_widths=(8, 16), encoder_layer_norm=True)
-    _valid_checkpoint(path, StreamingAutoEncoder(previous_default))
-    checkpoint = torch.load(path, weights_only=True)
-    for field in ("branch_heads", "upsampled_width", "encoder_layer_norm"):  # newer than the oldest checkpoints
-        del checkpoint["architecture"][field]
-    torch.save(checkpoint, path)
-    result = run_main([*HEADLESS, "--steps", "2"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "resumed" in result.stdout
-    assert checkpoint_step(path) == 2
-    saved = torch.load(path, weights_only=True)
-    assert "decoder.heads.0.weight" in saved["model"] and saved["architecture"]["branch_heads"] is True
-    assert saved["architecture"]["encoder_layer_norm"] is True  # parameter-free: the weights alone cannot tell
-
-
-@pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "code"])
+@pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "older format",
+                                  "code"])
 def test_a_bad_checkpoint_is_refused_in_one_line_and_left_untouched(tmp_path, kind):
     path, marker = tmp_path / "quick_demo_model.pth", tmp_path / "code_ran"
     _bad_checkpoint(kind, path, marker)
