@@ -1,6 +1,6 @@
 """Benchmarks: speed, learning quality, continual learning and long-run memory.
 
-    uv run bench.py speed [--device cpu|cuda] [--json]
+    uv run bench.py speed [--device cpu|cuda] [--window] [--json]
     uv run bench.py quality --frames N [--games G ...] [--optimizers O ...] [--plot P] [--json]
     uv run bench.py continual --games A B C --switch-every N --cycles C [--optimizers O ...] [--seeds S ...]
     uv run bench.py soak --frames N [--json]
@@ -33,6 +33,7 @@ from monitoring import TensorBoardLogger
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from stream import DEFAULT_GAMES, FrameStream, Schedule, collect_frames, env_seed, make_env, next_frame, probe_frames
 from utils import FRAME_SIZE, preprocess_frame
+from viewer import DISPLAY_FPS, Viewer, display_usable
 
 LATENT_BYTES = 4495  # all three latents at 8 bits
 
@@ -106,6 +107,28 @@ def stage_times(model: StreamingAutoEncoder, env, frame, logger, device, count: 
     return {name: round(statistics.median(values), 3) for name, values in samples.items()}
 
 
+def window_rates(model, loop_step, state: dict, updates: int, device, pairs: int = 5) -> dict:
+    """The loop with the real window on the current display (redrawn at most DISPLAY_FPS times a
+    second) against the same loop headless, in alternating windows: (window_loop_fps, window_ratio)."""
+    if not display_usable():
+        raise SystemExit("bench.py speed --window: no usable display (set DISPLAY to a running X server)")
+    viewer = Viewer(("Breakout",), DISPLAY_FPS)
+
+    def window_step(i):
+        loop_step(i)
+        if viewer.due():
+            viewer.show(state["results"], model.performance.fps, "Breakout", "Breakout")
+
+    headless, windowed = [], []
+    for _ in range(pairs):
+        headless.append(timed_rate(loop_step, updates, device, repeats=1))
+        windowed.append(timed_rate(window_step, updates, device, repeats=1))
+    viewer.close()
+    window_fps, headless_fps = statistics.median(windowed), statistics.median(headless)
+    return {"window_loop_fps": round(window_fps, 2), "window_headless_loop_fps": round(headless_fps, 2),
+            "window_ratio": round(window_fps / headless_fps, 3), "window_redraws": viewer.redraws}
+
+
 def count_gflop(config: ModelConfig, optimizer: str, frames: list[np.ndarray], device: torch.device) -> float:
     """FLOPs of one update_params call, counted on a fresh eager model of the same
     config (a replayed CUDA graph or a compiled graph hides its ops from FlopCounterMode)."""
@@ -151,6 +174,7 @@ def bench_speed(args) -> dict:
             state["frame"] = next_frame(env)
 
         loop_fps_unscored = timed_rate(loop_step, args.updates, device)
+        window = window_rates(model, loop_step, state, args.updates, device) if args.window else {}
         log(f"probe scoring ({PROBE_FRAMES} frames and the plasticity metrics, every {EVAL_EVERY} steps in the loop)")
         probes = {"Breakout": probe_frames("Breakout", 0, PROBE_FRAMES)}
         scoring_s = 1 / timed_rate(lambda i: scoring(model, probes, "Breakout", state["results"]), 1, device, repeats=3)
@@ -174,6 +198,7 @@ def bench_speed(args) -> dict:
         "stages_ms": stages,
         "loop_fps_unscored": round(loop_fps_unscored, 2),
         "probe_scoring_ms": round(scoring_s * 1e3, 1),
+        **window,
         "compile": args.compile,
         "cuda_graph": model.captured_step is not None,
         "config": {k: v for k, v in vars(config).items()},
@@ -447,6 +472,7 @@ def main() -> None:
     speed.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"],
                        help="capture each update as one CUDA graph (auto: with --compile on CUDA)")
     speed.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
+    speed.add_argument("--window", action="store_true", help="also time the loop with the real window on $DISPLAY")
     quality = sub.add_parser("quality", help="prequential PSNR against the mean-frame floor and JPEG")
     quality.add_argument("--frames", type=int, required=True)
     quality.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))

@@ -41,7 +41,8 @@ def _luma_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 def mark_constants_for_compile() -> None:
     """Let torch.compile bake the blur matrices and luma weights into its graph as
     constants, instead of tracing their construction (a hundred index writes) into every
-    call. Called only when compiling: it imports torch._dynamo, ten seconds on a small CPU."""
+    call. Called only when compiling: it imports torch._dynamo, slow to start on a small
+    CPU (measured in docs/BENCHMARKS.md)."""
     torch.compiler.assume_constant_result(_blur_matrix)
     torch.compiler.assume_constant_result(_luma_weights)
 
@@ -109,8 +110,8 @@ class ReconstructionLoss(torch.autograd.Function):
     passes as a channels_last image (the CPU model's layout; a contiguous reconstruction,
     as on CUDA, gets a contiguous copy). The SSIM
     gradient is three transposed blurs of the SSIM map's partial derivatives in
-    mu_x, E[x^2] and E[xy]. Autograd over the same formulas took 4% more time per
-    update (docs/BENCHMARKS.md).
+    mu_x, E[x^2] and E[xy]. Autograd over the same formulas takes more time per
+    update (measured in docs/BENCHMARKS.md).
     """
 
     @staticmethod
@@ -171,8 +172,8 @@ def reconstruction_loss(
     """The training loss and its parts, all 0-d tensors.
 
     SSIM is taken on the luma (Y) channel, as video codecs report it, and averaged
-    over every 2nd window position in each direction: a twelfth of the cost of dense
-    per-channel SSIM, while MSE and L1 keep colour exact.
+    over every 2nd window position in each direction: a twelfth of the window
+    positions of dense per-channel SSIM, while MSE and L1 keep colour exact.
     `mse`, `l1` and `ssim` are always the plain image metrics. `pixel_weight`
     (N, 1, H, W), if given, reweights the MSE and L1 terms of `loss` only (the
     change detector's emphasis on moving pixels); it is normalised to mean 1.

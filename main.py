@@ -9,31 +9,32 @@ resumes from its checkpoint (`quick_demo_model.pth`).
 """
 
 import argparse
+import fcntl
+import io
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from autoencoder import StreamingAutoEncoder
 from continual import EVAL_EVERY, PROBE_FRAMES, floor_psnr, scoring
 from model import ModelConfig
-from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY, TensorBoardLogger
+from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY, OnlineFloor, TensorBoardLogger
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from stream import DEFAULT_GAMES, FrameStream, Schedule, env_id, installed_games, probe_frames
-from utils import postprocess_output
+from viewer import DISPLAY_FPS, Progress, Viewer, display_usable
 
 CHECKPOINT_FORMAT = 2
-WINDOW_TITLE = "Streaming autoencoder"
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Config:
     compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss, and on CUDA replay "
                           "each update as one captured CUDA graph (faster per step, a minute or more to compile first)"})
     tensorboard: bool = field(default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"})
-    display_fps: float = field(default=10.0, metadata={"help": "most window redraws per second (learning runs on every frame)"})
+    display_fps: float = field(default=DISPLAY_FPS, metadata={"help": "most window redraws per second (learning runs on every frame)"})
     log_every: int = field(default=SCALAR_EVERY, metadata={"help": "steps between TensorBoard scalar points"})
     image_every: int = field(default=IMAGE_EVERY, metadata={"help": "steps between TensorBoard images (also at the first "
                              "and last step)"})
@@ -73,6 +74,14 @@ class Config:
 
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2, nothing touched."""
+
+
+class WriteFailure(Exception):
+    """A checkpoint or TensorBoard write failed (disk full, a file-size limit, a read-only
+    folder): the run ends with one line and exit status 1."""
+
+    def __init__(self, path, error: OSError):
+        super().__init__(f"could not write {path} ({error.strerror or error})")
 
 
 def _flag_type(annotation) -> type:
@@ -163,8 +172,13 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def save_checkpoint(path: Path, model: StreamingAutoEncoder, config: Config, schedule: Schedule, log_dir: str) -> None:
-    """Atomic save: temp file in the same folder, fsync, rename, fsync the folder."""
+def save_checkpoint(path: Path, model: StreamingAutoEncoder, config: Config, schedule: Schedule, log_dir: str,
+                    floor: OnlineFloor | None = None) -> None:
+    """Atomic save: temp file in the same folder, fsync, rename, fsync the folder.
+
+    The checkpoint is serialised in memory first, so a failed write is a plain OSError,
+    raised as WriteFailure; the file already on disk is never touched before the rename.
+    """
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -176,22 +190,28 @@ def save_checkpoint(path: Path, model: StreamingAutoEncoder, config: Config, sch
         "config": asdict(config),
         "architecture": model.architecture(),
         "log_dir": log_dir,
+        "online_floor": (floor or OnlineFloor()).state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(temp, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(temp, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as error:
+        raise WriteFailure(path, error) from None
 
 
 def merge_with_checkpoint(config: Config, given: set[str], checkpoint: dict) -> Config:
@@ -214,112 +234,6 @@ def merge_with_checkpoint(config: Config, given: set[str], checkpoint: dict) -> 
     if "switch_every" not in given:
         values["switch_every"] = checkpoint["schedule"]["switch_every"]
     return Config(**{**asdict(config), **values})
-
-
-# Display ------------------------------------------------------------------------------------
-
-def display_usable() -> bool:
-    """True when an X display answers. OpenCV's GUI build aborts the whole process
-    (uncatchably) on a DISPLAY with no server, so probe it in a child process first."""
-    display = os.environ.get("DISPLAY")
-    if not display:
-        return False
-    probe = "import cv2; cv2.namedWindow('probe'); cv2.waitKey(1); cv2.destroyAllWindows()"
-    try:
-        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
-
-
-class Viewer:
-    """The live window: input | reconstruction | change mask, a status bar with the game
-    and its place in the schedule, and a strip with each game's probe PSNR.
-
-    It redraws at most `display_fps` times a second; learning runs on every frame.
-    """
-
-    BAR_RANGE = (10.0, 45.0)  # dB spanned by a full probe bar
-
-    def __init__(self, games: tuple[str, ...], display_fps: float, scale: int = 2):
-        import cv2
-
-        self.cv2 = cv2
-        self.games = games
-        self.scale = scale
-        self.interval = 1.0 / display_fps
-        self.last_draw = -float("inf")
-        self.redraws = 0
-        cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-
-    def due(self) -> bool:
-        return time.monotonic() - self.last_draw >= self.interval
-
-    def show(self, results: dict, fps: float, position: str, probe: dict[str, float], game: str) -> bool:
-        """Draw one frame; False when the user asked to quit (q, Esc, window closed)."""
-        cv2 = self.cv2
-        self.last_draw = time.monotonic()
-        self.redraws += 1
-        mask = results["change_mask"].expand(-1, 3, -1, -1)
-        panels = torch.cat([results["input"][0], results["reconstruction"][0], mask[0]], dim=2)
-        image = cv2.cvtColor(postprocess_output(panels), cv2.COLOR_RGB2BGR)
-        image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
-        width = image.shape[1]
-        for i, label in enumerate(("input", "reconstruction", "change mask")):
-            cv2.putText(image, label, (i * width // 3 + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1,
-                        cv2.LINE_AA)
-        bar = np.zeros((36, width, 3), np.uint8)
-        status = f"{position}  step {results['step']}  {fps:5.1f} FPS  PSNR {float(results['psnr']):5.2f} dB"
-        cv2.putText(bar, status, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-        cv2.imshow(WINDOW_TITLE, np.vstack([image, bar, self._probe_strip(width, probe, game)]))
-        key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27):
-            return False
-        return cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) >= 1
-
-    def _probe_strip(self, width: int, probe: dict[str, float], game: str) -> np.ndarray:
-        """One cell per game: its name, its last probe PSNR and a bar; the game now played in yellow."""
-        cv2 = self.cv2
-        strip = np.full((52, width, 3), 24, np.uint8)
-        cell = width // len(self.games)
-        low, high = self.BAR_RANGE
-        for i, name in enumerate(self.games):
-            colour = (0, 220, 255) if name == game else (200, 200, 200)
-            value = probe.get(name)
-            text = f"{name} probe {value:5.2f} dB" if value is not None else f"{name} probe: not scored yet"
-            x = i * cell + 8
-            cv2.putText(strip, text, (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-            cv2.rectangle(strip, (x, 30), (x + cell - 16, 44), (70, 70, 70), 1)
-            if value is not None:
-                fill = int((cell - 16) * min(max((value - low) / (high - low), 0.0), 1.0))
-                cv2.rectangle(strip, (x, 30), (x + fill, 44), colour, -1)
-        return strip
-
-    def close(self) -> None:
-        self.cv2.destroyAllWindows()
-
-
-class Progress:
-    """Headless progress: one live line on a terminal, plain periodic lines otherwise."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.live = sys.stdout.isatty()
-        self.every = 0.25 if self.live else 10.0
-        self.last = time.monotonic()
-
-    def update(self, results: dict, fps: float, position: str, probe: dict[str, float], game: str) -> None:
-        if time.monotonic() - self.last < self.every:
-            return
-        self.last = time.monotonic()
-        target = f"/{self.total}" if self.total else ""
-        scored = f"  probe {probe[game]:6.2f} dB" if game in probe else ""
-        line = f"{position} step {results['step']}{target}  {fps:6.1f} FPS  PSNR {float(results['psnr']):6.2f} dB{scored}"
-        print(f"\r{line}   " if self.live else line, end="" if self.live else "\n", flush=True)
-
-    def close(self) -> None:
-        if self.live:
-            print()
 
 
 def start_tensorboard(log_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -360,6 +274,26 @@ def parse_games(text: str) -> tuple[str, ...]:
         if game not in valid:
             raise UsageError(f"unknown game {game!r}; valid names: {', '.join(valid)}")
     return games
+
+
+def lock_checkpoint(path: Path) -> int:
+    """Hold `<checkpoint>.lock` for the life of this process: one run per checkpoint.
+
+    An OS advisory lock (flock), so a run that was killed never blocks the next one: the
+    OS drops its lock with the process. The file holds the holder's pid, for the error.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise UsageError(f"checkpoint {path} is in use by another run (pid {holder}); wait for it to end, "
+                         "or pick another --checkpoint") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    return descriptor
 
 
 def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path]:
@@ -416,25 +350,18 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
 
 
 class LiveRun:
-    """The loop's parts wired together: frame stream, learner, probe scoring, TensorBoard,
-    window or progress line, checkpoints."""
+    """The loop's parts wired together: frame stream, learner, online floor, probe scoring,
+    TensorBoard, window or progress line, checkpoints."""
 
     def __init__(self, config: Config, model: StreamingAutoEncoder, schedule: Schedule, log_dir: Path,
                  checkpoint: dict | None, window: bool):
         self.config, self.model, self.schedule, self.log_dir = config, model, schedule, log_dir
         self.checkpoint_path = Path(config.checkpoint)
+        self.saved_step = int(checkpoint["step"]) if checkpoint else None
         start_step = model.step
-        self.logger = TensorBoardLogger(str(log_dir), scalar_every=config.log_every, image_every=config.image_every,
-                                        histogram_every=config.histogram_every,
-                                        purge_step=start_step + 1 if checkpoint else None)
-        self.logger.log_config({**asdict(config), "device": str(model.device), "resumed_at": start_step})
-        if checkpoint and checkpoint["schedule"]["games"] != list(schedule.games):
-            self.logger.log_event(f"schedule changed from {','.join(checkpoint['schedule']['games'])} to "
-                                  f"{','.join(schedule.games)} at step {start_step}", start_step)
-        self.probe_sets = {}
-        if config.eval_every:
-            self.probe_sets = {g: probe_frames(g, config.seed, config.probe_frames) for g in schedule.games}
-            self.logger.log_scalars({f"probe/floor/{g}": floor_psnr(f) for g, f in self.probe_sets.items()}, start_step)
+        self.floor = OnlineFloor()
+        if checkpoint:
+            self.floor.load_state_dict(checkpoint["online_floor"], model.device)
         self.previous_game = checkpoint["game"] if checkpoint else None
         self.stream = FrameStream(schedule, config.seed)
         self.viewer = Viewer(schedule.games, config.display_fps) if window else None
@@ -442,6 +369,28 @@ class LiveRun:
         self.probe: dict[str, float] = {}
         self.results = None
         self.scored_step = None
+        self.probe_sets = {}
+        if config.eval_every:
+            self.probe_sets = {g: probe_frames(g, config.seed, config.probe_frames) for g in schedule.games}
+        self.logger = None
+        with self.tensorboard():
+            self.logger = TensorBoardLogger(str(log_dir), scalar_every=config.log_every,
+                                            image_every=config.image_every, histogram_every=config.histogram_every,
+                                            purge_step=start_step + 1 if checkpoint else None)
+            self.logger.log_config({**asdict(config), "device": str(model.device), "resumed_at": start_step})
+            if checkpoint and checkpoint["schedule"]["games"] != list(schedule.games):
+                self.logger.log_event(f"schedule changed from {','.join(checkpoint['schedule']['games'])} to "
+                                      f"{','.join(schedule.games)} at step {start_step}", start_step)
+            self.logger.log_scalars({f"probe/floor/{g}": floor_psnr(f) for g, f in self.probe_sets.items()},
+                                    start_step)
+
+    @contextmanager
+    def tensorboard(self):
+        """A context in which a failed TensorBoard write becomes a WriteFailure naming the event file."""
+        try:
+            yield
+        except OSError as error:
+            raise WriteFailure(self.logger.event_file() if self.logger is not None else self.log_dir, error) from None
 
     def step(self) -> bool:
         """Learn one frame; False when the user asked to quit."""
@@ -451,13 +400,18 @@ class LiveRun:
         if entered:
             self.model.forget_previous_frame()
             if self.previous_game is not None and game != self.previous_game:
-                self.logger.log_event(f"switched to {game} at step {step}", step)
+                with self.tensorboard():
+                    self.logger.log_event(f"switched to {game} at step {step}", step)
+                if self.viewer is not None:
+                    self.viewer.add_switch(step)
                 if self.progress is not None:
                     self.progress.close()
                 print(f"switching game: {self.previous_game} -> {game} at step {step}", flush=True)
             self.previous_game = game
         self.results = self.model.update_params(frame)
-        self.logger.log_step(self.results, self.model)
+        self.results["floor_psnr"] = self.floor.update(self.results["input"])
+        with self.tensorboard():
+            self.logger.log_step(self.results, self.model)
         if self.config.eval_every and (step % self.config.eval_every == 0 or step == self.config.steps):
             self.score()
         if step % self.config.save_every == 0:
@@ -467,28 +421,42 @@ class LiveRun:
         if self.viewer is None:
             self.progress.update(self.results, fps, position, self.probe, game)
         elif self.viewer.due():
-            return self.viewer.show(self.results, fps, position, self.probe, game)
+            return self.viewer.show(self.results, fps, position, game)
         return True
 
     def score(self) -> None:
         """Score every probe set and the plasticity metrics at this step, without an update."""
         tags = scoring(self.model, self.probe_sets, self.stream.game, self.results)
-        self.logger.log_scalars(tags, self.model.step)
+        with self.tensorboard():
+            self.logger.log_scalars(tags, self.model.step)
         self.probe = {g: tags[f"probe/psnr/{g}"] for g in self.probe_sets}
+        if self.viewer is not None:
+            self.viewer.add_probe(self.model.step, self.probe)
         self.scored_step = self.model.step
 
     def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, self.model, self.config, self.schedule, str(self.log_dir))
+        save_checkpoint(self.checkpoint_path, self.model, self.config, self.schedule, str(self.log_dir), self.floor)
+        self.saved_step = self.model.step
 
     def finish(self) -> None:
         """The last step's scoring (unless done), then the final save and closing everything."""
         if self.config.eval_every and self.results is not None and self.scored_step != self.model.step:
             self.score()
-        self.close()
-
-    def close(self) -> None:
         self.save()
-        self.logger.close(self.results, self.model)
+        with self.tensorboard():
+            self.logger.close(self.results, self.model)
+        self.close_views()
+
+    def abort(self) -> None:
+        """After a failed write: still try the (atomic) final save, flush what TensorBoard can."""
+        for attempt in (self.save, lambda: self.logger and self.logger.close(self.results, self.model)):
+            try:
+                attempt()
+            except (WriteFailure, OSError):
+                pass
+        self.close_views()
+
+    def close_views(self) -> None:
         if self.progress is not None:
             self.progress.close()
         if self.viewer is not None:
@@ -496,13 +464,23 @@ class LiveRun:
         self.stream.close()
 
 
+def quiet_tensorboard_thread(args) -> None:
+    """threading.excepthook: TensorBoard's writer thread re-raises its write error in the
+    main thread, which ends the run with one line; its own traceback would be noise."""
+    if type(args.thread).__name__ != "_AsyncWriterThread" or not issubclass(args.exc_type, OSError):
+        threading.__excepthook__(args)
+
+
 def run(argv: list[str] | None = None) -> int:
     config, checkpoint, schedule, log_dir = prepare(argv)
+    lock_checkpoint(Path(config.checkpoint))
     start_step = int(checkpoint["step"]) if checkpoint else 0
     if config.steps and start_step >= config.steps:
         print(f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do")
         return 0
     stop = StopFlag()  # from here on, Ctrl+C and SIGTERM end the run with a save
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit a write fails instead of killing us
+    threading.excepthook = quiet_tensorboard_thread
     device = resolve_device(config.device)
     model = build_model(config, checkpoint, device)
     window = config.window == "on" or (config.window == "auto" and display_usable())
@@ -519,22 +497,32 @@ def run(argv: list[str] | None = None) -> int:
     if config.tensorboard:
         server, url = start_tensorboard(log_dir)
         print(f"TensorBoard: {url}", flush=True)
-    live = LiveRun(config, model, schedule, log_dir, checkpoint, window)
+    live = None
     try:
+        live = LiveRun(config, model, schedule, log_dir, checkpoint, window)
         while not stop and not (config.steps and model.step >= config.steps):
             if not live.step():
                 stop.reason = "quit key"
-    except BaseException:
-        live.close()
-        raise
-    else:
         live.finish()
+    except WriteFailure as failure:
+        if live is not None:
+            live.abort()
+        saved = live.saved_step if live is not None else (start_step if checkpoint else None)
+        intact = f"the checkpoint at step {saved} is intact" if saved is not None else "no checkpoint was saved"
+        sys.stdout.flush()
+        print(f"error: {failure}; {intact}", file=sys.stderr, flush=True)
+        return 1
+    except BaseException:
+        if live is not None:
+            live.abort()
+        raise
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
     ended = f"stopped by {stop.reason}" if stop else f"reached step {model.step}"
-    print(f"{ended}; saved {live.checkpoint_path} at step {model.step}")
+    redraws = f" ({live.viewer.redraws} window redraws)" if live.viewer is not None else ""
+    print(f"{ended}; saved {live.checkpoint_path} at step {model.step}{redraws}")
     return 0
 
 

@@ -5,10 +5,10 @@ Every named part has a single role and a switch in `ModelConfig`:
 - LayerNormalization: parameter-free normalisation after the decoder's fusion and
   first upsampling, which keeps activations on one scale as the frame statistics
   drift (as in the streaming-RL paper, where it is what makes large streaming steps
-  safe). Without it in the decoder, activations grew without bound and Pacman
-  collapsed after 2,000 frames. After each encoder convolution (`encoder_layer_norm`)
-  it bought no quality measurable over three seeds and cost 6% of an update, so it
-  is off there by default (docs/BENCHMARKS.md).
+  safe). Without it in the decoder, activations grow without bound and a stream can
+  collapse (measured in docs/BENCHMARKS.md). After each encoder convolution
+  (`encoder_layer_norm`) it buys no quality measurable over three seeds and costs
+  time per update (measured in docs/BENCHMARKS.md), so it is off there by default.
 - ResidualBlock: extra depth in the decoder trunk at 28x28, with an identity path
   so gradients pass undamped.
 - TransformerBlock: global self-attention over the fused decoder features, so a
@@ -18,7 +18,6 @@ Every named part has a single role and a switch in `ModelConfig`:
   ignores). It sees input frames only, so it never feeds the decoder.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -196,8 +195,8 @@ class ReachableSigmoid(torch.autograd.Function):
 
     A plain sigmoid reaches 0 only at z = -inf. On mostly black frames the L1 term,
     whose gradient is sign(error) however tiny the error, then drives the logits
-    without end (to -40 within 25 frames on Assault), the sigmoid saturates and no
-    gradient ever reaches a bright pixel again. Widened by the margin m, the output
+    without end, the sigmoid saturates and no gradient ever reaches a bright pixel
+    again (measured on Assault in docs/BENCHMARKS.md). Widened by the margin m, the output
     reaches 0 and 1 at finite logits, +-log((1 + m) / m), where the error and so
     the push become exactly zero. Past those logits the backward pass uses the
     slope at the nearest one, so a pixel whose target changes still learns.
@@ -225,8 +224,9 @@ class DenseGrad(torch.autograd.Function):
     """Identity whose backward hands on a dense copy of the gradient, in the input's layout.
 
     `torch.cat`'s backward gives each input a strided slice of the concatenated
-    gradient; bilinear upsampling's backward runs about five times slower on such a
-    slice than on a dense copy (`docs/cpu_profile.py layout`: 133-278 against 26-45 + 5-11 us).
+    gradient; bilinear upsampling's backward runs slower on such a slice than on a
+    dense copy, even counting the copy (`docs/cpu_profile.py layout`, measured in
+    docs/BENCHMARKS.md).
     """
 
     @staticmethod
@@ -251,7 +251,7 @@ class Decoder(nn.Module):
 
     The latents are resized bilinearly to `fused_size` and fused by one 3x3 conv over
     their concatenation (with `branch_heads`, each latent first gets its own 3x3 conv
-    and the fusion is 1x1: four convolutions instead of one, 11% slower and no better in
+    and the fusion is 1x1: four convolutions instead of one, slower and no better in
     docs/BENCHMARKS.md's ablation). The trunk upsamples 28 -> 56 -> 224 with PixelShuffle,
     so no convolution runs at 224x224 (full-resolution layers dominate the cost). It sees
     the latents only.

@@ -16,6 +16,7 @@ DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one
     "loss/l1": "l1",
     "loss/ssim": "ssim",
     "quality/psnr": "psnr",
+    "quality/floor_psnr": "floor_psnr",
     "optim/step_size": "step_size",
     "optim/skipped": "skipped",
     "change/fraction": "change_fraction",
@@ -23,6 +24,45 @@ DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one
 HOST_TAGS = {"perf/fps": "fps", "perf/step_ms": "step_ms"}  # measured on the host
 SCALAR_TAGS = {**DEVICE_TAGS, **HOST_TAGS}
 SCALAR_EVERY, IMAGE_EVERY, HISTOGRAM_EVERY = 1, 500, 2000  # default cadences, in steps
+LAYOUT = {  # TensorBoard's custom-scalars dashboard; its first chart compares the PSNR with the online floor
+    "quality": {
+        "PSNR and online floor": ["Multiline", ["quality/psnr", "quality/floor_psnr"]],
+        "probe PSNR per game": ["Multiline", [r"probe/psnr/.*"]],
+    },
+    "plasticity": {"dormant fraction and UPGD": ["Multiline", ["plasticity/dormant_fraction", "plasticity/upgd"]]},
+}
+
+
+class OnlineFloor:
+    """The online counterpart of the mean-frame floor: each frame is predicted by the running
+    mean of all earlier frames of the stream, and scored by that prediction's PSNR.
+
+    Everything stays on the device (no host sync); `state_dict` carries the mean and count
+    across resumes.
+    """
+
+    def __init__(self):
+        self.mean = None
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, frame: torch.Tensor) -> torch.Tensor:
+        """The floor PSNR of this (1, 3, H, W) frame (NaN for the first), then fold it into the mean."""
+        if self.mean is None or self.mean.shape != frame.shape:
+            self.mean, self.count = torch.zeros_like(frame), 0
+        psnr = -10.0 * torch.log10((frame - self.mean).square().mean().clamp_min(1e-10))
+        if self.count == 0:
+            psnr = torch.full_like(psnr, float("nan"))
+        self.count += 1
+        self.mean.add_(frame - self.mean, alpha=1.0 / self.count)
+        return psnr
+
+    def state_dict(self) -> dict:
+        return {"mean": None if self.mean is None else self.mean.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.mean = None if state["mean"] is None else state["mean"].to(device)
+        self.count = int(state["count"])
 
 
 class PerformanceMonitor:
@@ -98,6 +138,11 @@ class TensorBoardLogger:
         self._pending_host: list[list[float]] = []
         self._last_write = time.monotonic()
         self._first_step: int | None = None
+        self.writer.add_custom_scalars(LAYOUT)
+
+    def event_file(self) -> str:
+        """The event file being written (named in write errors)."""
+        return getattr(self.writer.file_writer.event_writer, "_file_name", self.log_dir)
 
     def log_config(self, config: dict) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in config.items())
@@ -128,7 +173,8 @@ class TensorBoardLogger:
             self.flush()
 
     def _device_row(self, results: dict) -> torch.Tensor:
-        values = {**results, "change_fraction": results["change_mask"].mean()}
+        nan = results["loss"].new_full((), float("nan"))
+        values = {"floor_psnr": nan, **results, "change_fraction": results["change_mask"].mean()}
         return torch.stack([values[key].float() for key in DEVICE_TAGS.values()])
 
     def log_images(self, results: dict, model) -> None:
@@ -152,7 +198,8 @@ class TensorBoardLogger:
             table = torch.stack(self._pending_values).cpu().tolist()
             for step, row, host in zip(self._pending_steps, table, self._pending_host):
                 for tag, value in zip(SCALAR_TAGS, row + host):
-                    self.writer.add_scalar(tag, value, step)
+                    if value == value or tag != "quality/floor_psnr":  # the floor has no value at the first step
+                        self.writer.add_scalar(tag, value, step)
             self._pending_steps, self._pending_values, self._pending_host = [], [], []
         self.writer.flush()
         self._last_write = time.monotonic()

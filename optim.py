@@ -50,7 +50,8 @@ class ObGD:
 
     It keeps torch.optim's interface (`param_groups`, `state`, `zero_grad`,
     `state_dict`) without subclassing `torch.optim.Optimizer`, whose first use
-    imports torch._dynamo: ten seconds of start-up on a small CPU.
+    imports torch._dynamo: a slow start-up on a small CPU (measured in
+    docs/BENCHMARKS.md).
     """
 
     def __init__(self, params, lr: float = 1.0, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0):
@@ -117,16 +118,17 @@ class AdaptiveObGD(ObGD):
     As stream-x's AdaptiveObGD, the trace is divided by the running RMS of delta*z
     (beta2, bias-corrected), which gives every parameter its own scale:
     u = delta * z / (sqrt(v_hat) + eps). The paper's bound sums |u| over all
-    parameters, which with tens of thousands of them shrinks every step as many times. Here the
+    parameters, which grows with their number and shrinks every step as many times. Here the
     bound keeps ObGD's purpose, no overshoot, but measures it where it happens: the
     first-order loss decrease of the step, step * |g . u|, may not exceed loss / kappa:
 
     M = lr * kappa * |g . u| / loss
     step = lr / max(M, 1);   theta <- theta - step * u
 
-    Without `loss` there is no bound. At the default lr 1e-3 the bound rarely engages;
-    it did not stop the sigmoid output from saturating to a constant black image on
-    Assault (Adam and the reference ObGD saturate there too; see docs/BENCHMARKS.md).
+    Without `loss` there is no bound. At the default lr 1e-3 the bound rarely engages,
+    and it does not keep a plain sigmoid output from saturating to a constant black
+    image on Assault (neither do Adam and the reference ObGD; docs/BENCHMARKS.md):
+    that is the job of `model.ReachableSigmoid` and the decoder's layer norm.
     """
 
     def __init__(self, params, lr: float = 1e-3, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,

@@ -38,7 +38,8 @@ def weighted_channel_sum(image: torch.Tensor, weights: tuple[float, ...]) -> tor
     """sum over c of weights[c] * image[:, c], as (N, 1, H, W).
 
     One strided pass per channel: on a channels_last image a reduction over C is the
-    innermost one, two to three times slower on a CPU than these three passes.
+    innermost one, slower on a CPU than these three passes (measured in
+    docs/BENCHMARKS.md).
     """
     total = image[:, :1] * weights[0]
     for c in range(1, image.shape[1]):
@@ -56,9 +57,10 @@ def keep_freed_memory() -> None:
     """Stop glibc from returning large freed blocks to the OS after every use.
 
     By default each tensor over the mmap threshold gets fresh pages from the kernel
-    and gives them back when freed, so every activation pays for page faults anew:
-    on a 2-core machine that made a 1.8 MB elementwise op ten times slower. Raising
-    the mmap and trim thresholds lets the heap reuse those blocks. No-op off glibc.
+    and gives them back when freed, so every activation pays for page faults anew,
+    which on a small CPU costs more than the op itself (measured in docs/BENCHMARKS.md).
+    Raising the mmap and trim thresholds lets the heap reuse those blocks. No-op off
+    glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,10 +1,10 @@
 """Screenshot of the live window for the README, taken under a private Xvfb server.
 
-    uv run docs/make_screenshot.py [--steps 1000] [--game Breakout] [--out docs/live_window.png]
+    uv run docs/make_screenshot.py [--steps 2500] [--game A,B,C] [--switch-every 500] [--out docs/live_window.png]
 
-In a scratch folder it runs the real main.py headless for `--steps` frames, resumes
-that checkpoint with `--window on`, captures the window with xwd after a few seconds
-and quits it with `q`.
+In a scratch folder it runs the real main.py headless for `--steps` frames of the schedule,
+resumes that checkpoint with `--window on`, captures the window with xwd after a few
+seconds and quits it with `q`.
 """
 
 import argparse
@@ -27,14 +27,15 @@ TITLE = "Streaming autoencoder"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1000, help="frames learned headless before the shot")
-    parser.add_argument("--game", default="Breakout")
+    parser.add_argument("--steps", type=int, default=2500, help="frames learned headless before the shot")
+    parser.add_argument("--game", default="Breakout,Assault,SpaceInvaders,Pacman,Asteroids")
+    parser.add_argument("--switch-every", default="500")
     parser.add_argument("--out", default=str(ROOT / "docs" / "live_window.png"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        trained = run_main(["--window", "off", "--game", args.game, "--seed", "0", "--steps", str(args.steps)],
-                           folder, timeout=3600)
+        trained = run_main(["--window", "off", "--game", args.game, "--switch-every", args.switch_every, "--seed", "0",
+                            "--steps", str(args.steps), "--eval-every", "500"], folder, timeout=3600)
         if trained.returncode != 0:
             raise SystemExit(trained.stderr)
         server = Xvfb()

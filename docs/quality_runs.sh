@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark runs behind docs/BENCHMARKS.md. Each writes docs/results/<name>.json
 # (the JSON line of `bench.py ... --json`) and its progress to <name>.log.
-# Quality runs use one torch thread per stream. At commit 6fd4d70 lanes a, b (with the
-# ablations) and c ran side by side, then the soak, then the speed lane on the otherwise
-# idle machine; this session, with the fused loss and no encoder layer norm, lanes a and b
-# ran side by side (the seeds lane before them), then the soak, then the speed lane.
+# Quality runs use one torch thread per stream. Lanes a and b run side by side (the seeds
+# lane before them), then the soak, then the speed lane on the otherwise idle machine; the
+# continual lane runs two one-thread streams side by side.
 set -u
 cd "$(dirname "$0")/.."
 out=docs/results
@@ -42,9 +41,13 @@ case "${1:-}" in
   speed)
     for run in 1 2 3 4 5; do s speed_default_run$run; done
     uv run docs/cpu_profile.py > "$out/cpu_profile.txt" ;;
-  compile)  # last run at commit 9cb38fe, on the previous default (branch_heads=True encoder_widths=8,16)
+  compile)  # last run at commit 9e0dc86, with branch_heads=True encoder_widths=8,16 encoder_layer_norm=True
     s speed_compile --compile ;;
+  continual)
+    uv run bench.py continual --games Breakout Assault SpaceInvaders Pacman Asteroids --switch-every 2000 --cycles 2 \
+      --optimizers obgd obgd-adaptive adam sgd --seeds 0 1 --jobs 2 --threads 1 --eval-every 500 \
+      --plot docs/continual_2k.png --json 2>"$out/continual_2k.log" | tail -1 > "$out/continual_2k.json" ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
-  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|soak" >&2; exit 2 ;;
+  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|continual|soak" >&2; exit 2 ;;
 esac

@@ -4,7 +4,8 @@
 
 Draws docs/quality_20k.png (the default on the five games) and docs/optimizers_5k.png
 (the optimizers side by side): prequential PSNR over frames, with each game's
-mean-frame floor and JPEG line (the streams of one game share their frames).
+mean-frame floor and JPEG line (the streams of one game share their frames). The
+continual plot is drawn by `bench.py continual --plot` itself.
 """
 
 import json
@@ -19,10 +20,10 @@ GAMES = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
 CANDIDATES = [  # (label, quality run, candidate name in docs/cpu_profile.py)
     ("**default** (one 3x3 fusion, encoder 8,8, layer norm in the decoder, change detector, reachable sigmoid)",
      "default_3k_seed0", "default"),
-    ("+ encoder layer norm: the previous default (`encoder_layer_norm=True`)", "encoder_layer_norm_3k_seed0",
-     "+ encoder layer norm (the previous default)"),
-    ("two defaults ago (`branch_heads=True encoder_widths=8,16`) *", "candidate_previous_default_3k",
-     "branch heads, encoder 8,16, encoder layer norm (two defaults ago)"),
+    ("+ encoder layer norm (`encoder_layer_norm=True`)", "encoder_layer_norm_3k_seed0",
+     "+ encoder layer norm"),
+    ("branch heads, encoder 8,16 (`branch_heads=True encoder_widths=8,16`) *", "candidate_previous_default_3k",
+     "branch heads, encoder 8,16, encoder layer norm"),
     ("+ branch heads (`branch_heads=True`) *", "candidate_branch_heads_3k", "branch heads"),
     ("encoder 8,16 (`encoder_widths=8,16`) *", "candidate_encoder_8_16_3k", "encoder 8,16"),
     ("8 channels at 56x56 (`upsampled_width=8`) *", "candidate_upsampled_8_3k", "upsampled width 8"),
@@ -95,6 +96,38 @@ def speed_table() -> str:
     return "\n".join(lines)
 
 
+def continual_tables(name: str) -> str:
+    """Per optimizer, the mean over seeds (and the range) of BWT, plasticity trend and the last
+    cycle's mean segment gain; then forgetting per game; then the final plasticity metrics."""
+    results = rows(name)
+    if not results:
+        return "(no results)"
+    games = results[0]["games"]
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in results))
+
+    def spread(values: list[float], sign: str = "+") -> str:
+        mean = sum(values) / len(values)
+        return f"{mean:{sign}.2f}" + (f" ({min(values):{sign}.2f} to {max(values):{sign}.2f})" if len(values) > 1 else "")
+
+    summary = ["| optimizer | seeds | BWT (dB) | plasticity trend (dB) | last-cycle gain over floor (dB) | final probe PSNR, mean of games (dB) |",
+               "|---|---|---|---|---|---|"]
+    forgetting = ["| optimizer | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
+    plasticity = ["| optimizer | UPGD | dormant fraction | effective rank | weight L2 | grad L2 |", "|---|---|---|---|---|---|"]
+    for optimizer in optimizers:
+        runs = [r for r in results if r["optimizer"] == optimizer]
+        last_gain = [sum(r["segment_gain"][-len(games):]) / len(games) for r in runs]
+        final = [sum(r["psnr_matrix"][-1]) / len(games) for r in runs]
+        summary.append(f"| `{optimizer}` | {len(runs)} | {spread([r['bwt'] for r in runs])} | "
+                       f"{spread([r['plasticity_trend'] for r in runs])} | {spread(last_gain)} | {spread(final, '')} |")
+        forgetting.append(f"| `{optimizer}` | " + " | ".join(
+            spread([r["forgetting"][g] for r in runs]) for g in range(len(games))) + " |")
+        metrics = [sum(r["plasticity"][k] for r in runs) / len(runs)
+                   for k in ("upgd", "dormant_fraction", "effective_rank", "weight_l2", "grad_l2")]
+        plasticity.append(f"| `{optimizer}` | " + " | ".join(f"{m:.3g}" for m in metrics) + " |")
+    return "\n".join(summary) + "\n\nForgetting per game (dB):\n\n" + "\n".join(forgetting) \
+        + "\n\nPlasticity at the end of the stream (mean over seeds):\n\n" + "\n".join(plasticity)
+
+
 if __name__ == "__main__":
     from bench import plot_quality
 
@@ -109,4 +142,5 @@ if __name__ == "__main__":
             plot_quality(results, str(DOCS / plot))
     print(f"## Speed of the default\n\n{speed_table()}\n")
     print(f"## Candidates and ablations\n\n{ablation_table()}\n")
-    print(f"## Encoder layer norm over three seeds\n\n{seeds_table()}")
+    print(f"## Encoder layer norm over three seeds\n\n{seeds_table()}\n")
+    print(f"## Continual learning\n\n{continual_tables('continual_2k')}")

@@ -11,6 +11,8 @@ import pytest
 import bench
 from conftest import ROOT, ale_frames
 
+pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
+
 
 def run_bench(*args: str, cwd=ROOT) -> dict:
     result = subprocess.run([sys.executable, str(ROOT / "bench.py"), *args, "--json"], cwd=cwd,

@@ -34,6 +34,7 @@ def _events(log_dir) -> list[tuple[int, str]]:
     return [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors("events/text_summary")]
 
 
+@pytest.mark.slow
 def test_a_schedule_resumed_mid_segment_plays_the_same_game_at_the_same_step(tmp_path):
     args = ["--game", "Breakout,Pong,Assault", "--switch-every", "10", "--seed", "3", "--window", "off",
             "--eval-every", "0", "--log-dir", "runs/s"]
@@ -84,6 +85,7 @@ def test_probe_frames_skip_after_each_reset_and_keep_every_eighth(monkeypatch):
     assert kept == [60, 68, 76, 84, 92, 60, 68, 76]  # an episode end at 100 resets and skips 60 again
 
 
+@pytest.mark.slow
 def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, monkeypatch):
     trained, detected, probe_raw = [], [], []
     real_make_env, real_frame_for = stream.make_env, stream.FrameStream.frame_for
@@ -129,6 +131,7 @@ def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, m
             "plasticity/weight_l2", "plasticity/grad_l2"} <= set(tags)
 
 
+@pytest.mark.slow
 def test_probe_sets_are_the_same_whether_resumed_or_not(tmp_path):
     args = ["--game", "Breakout", "--seed", "8", "--window", "off", "--eval-every", "5", "--probe-frames", "4"]
     (tmp_path / "a").mkdir()

@@ -3,13 +3,14 @@
 import json
 import signal
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 
 import main
 from helpers import read_scalars, run_main, signal_group, start_main, wait_for
+
+pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
 
 SPEC_SCALARS = {"loss/total", "loss/mse", "loss/l1", "loss/ssim", "quality/psnr", "perf/fps", "perf/step_ms",
                 "optim/step_size", "optim/skipped", "change/fraction"}
@@ -118,3 +119,35 @@ def test_a_display_without_a_server_falls_back_to_headless(tmp_path):
     result = run_main(["--steps", "3", "--game", "Breakout", "--seed", "2"], tmp_path, DISPLAY=":87")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "quick_demo_model.pth").exists()
+
+
+def test_online_floor_psnr_against_a_hand_computation(resumed_run):
+    """quality/floor_psnr at step t: the PSNR of the mean of frames 1..t-1 as the prediction of frame t."""
+    import numpy as np
+
+    from stream import FrameStream, Schedule
+    from utils import preprocess_frame
+
+    folder, _, _ = resumed_run
+    frames_stream = FrameStream(Schedule(("Breakout",), 5000), 7)
+    frames = [preprocess_frame(frames_stream.frame_for(t)[0]).double().numpy() for t in range(1, 6)]
+    frames_stream.close()
+    expected = {t: 10 * np.log10(1 / np.mean((frames[t - 1] - np.mean(frames[: t - 1], axis=0)) ** 2))
+                for t in range(2, 6)}
+    logged = {e.step: e.value for e in read_scalars(folder / "runs" / "demo").Scalars("quality/floor_psnr")}
+    assert min(logged) == 2 and sorted(logged) == list(range(2, 81))  # every step from the second, across the resume
+    for t, value in expected.items():
+        assert logged[t] == pytest.approx(value, abs=1e-3)
+    saved = torch.load(folder / "quick_demo_model.pth", weights_only=True)["online_floor"]
+    assert saved["count"] == 80
+
+
+def test_custom_scalars_layout_puts_psnr_beside_the_floor(resumed_run):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    folder, _, _ = resumed_run
+    events = read_scalars(folder / "runs" / "demo")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    first = layout.category[0].chart[0]
+    assert list(first.multiline.tag) == ["quality/psnr", "quality/floor_psnr"]

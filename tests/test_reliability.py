@@ -16,12 +16,14 @@ from helpers import checkpoint_step, read_scalars, run_main, signal_group, start
 from model import ModelConfig
 from stream import Schedule
 
+pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
+
 HEADLESS = ["--window", "off", "--game", "Breakout", "--seed", "5"]
 
 
 def _started(process) -> bool:
-    """Block until the run printed its log folder line (training starts right after)."""
-    return wait_for(lambda: "log folder" in process.stdout.readline(), 120, interval=0)
+    """Block until the run has learned its first frame (the progress line of step 1)."""
+    return wait_for(lambda: " step 1" in process.stdout.readline(), 120, interval=0)
 
 
 def _last_logged_step(log_dir: Path) -> int:
@@ -32,7 +34,6 @@ def _last_logged_step(log_dir: Path) -> int:
 def test_a_signal_saves_flushes_and_exits_zero(tmp_path, sig):
     process = start_main([*HEADLESS, "--save-every", "100000", "--log-dir", "runs/r"], tmp_path)
     assert _started(process)
-    time.sleep(4)
     signal_group(process, sig)
     assert process.wait(timeout=120) == 0, process.stderr.read()
     step = checkpoint_step(tmp_path / "quick_demo_model.pth")
@@ -44,7 +45,6 @@ def test_a_signal_saves_flushes_and_exits_zero(tmp_path, sig):
 def test_a_double_ctrl_c_never_breaks_the_save(tmp_path):
     process = start_main([*HEADLESS, "--save-every", "100000", "--log-dir", "runs/r"], tmp_path)
     assert _started(process)
-    time.sleep(4)
     signal_group(process, signal.SIGINT)
     time.sleep(0.05)
     signal_group(process, signal.SIGINT)
@@ -165,3 +165,59 @@ def test_skipped_updates_are_counted_in_tensorboard(tmp_path, breakout_frames):
     skipped = [(e.step, e.value) for e in read_scalars(tmp_path).Scalars("optim/skipped")]
     assert skipped == [(1, 0.0), (2, 1.0), (3, 0.0)]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_second_run_on_a_locked_checkpoint_exits_2_and_a_killed_holder_never_blocks(tmp_path):
+    holder = start_main([*HEADLESS, "--save-every", "100000", "--log-dir", "runs/r"], tmp_path)
+    try:
+        assert _started(holder)
+        second = run_main([*HEADLESS, "--steps", "3"], tmp_path)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {holder.pid}" in lines[0] and "in use" in lines[0], second.stderr
+        assert holder.poll() is None  # the first run is unharmed and goes on
+        signal_group(holder, signal.SIGINT)
+        assert holder.wait(timeout=120) == 0
+        first_step = checkpoint_step(tmp_path / "quick_demo_model.pth")
+        assert first_step > 0
+        killed = start_main([*HEADLESS, "--save-every", "100000"], tmp_path)
+        assert _started(killed)
+        signal_group(killed, signal.SIGKILL)
+        killed.wait(timeout=30)
+        after = run_main([*HEADLESS, "--steps", str(first_step + 2)], tmp_path)
+        assert after.returncode == 0, after.stderr
+        assert checkpoint_step(tmp_path / "quick_demo_model.pth") == first_step + 2
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def _limited(limit: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("what, limit", [("checkpoint", 700_000), ("event file", 150_000)])
+def test_a_write_past_a_file_size_limit_ends_in_one_line_and_keeps_the_checkpoint(tmp_path, what, limit):
+    """The checkpoint is about 1 MB; the TensorBoard event file passes 150 kB within its first images."""
+    import subprocess
+    import sys
+
+    from helpers import MAIN, main_env
+
+    first = run_main([*HEADLESS, "--steps", "30", "--eval-every", "0", "--log-dir", "runs/r"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    checkpoint = tmp_path / "quick_demo_model.pth"
+    before = checkpoint.read_bytes()
+    assert len(before) > 700_000
+    limited = subprocess.run([sys.executable, MAIN, *HEADLESS, "--steps", "400", "--save-every", "50",
+                              "--eval-every", "0", "--image-every", "10"],
+                             cwd=tmp_path, env=main_env(), capture_output=True, text=True, timeout=600,
+                             preexec_fn=_limited(limit))
+    assert limited.returncode == 1, limited.stderr
+    last = limited.stderr.strip().splitlines()[-1]
+    named = "quick_demo_model.pth" if what == "checkpoint" else "events.out.tfevents"
+    assert last.startswith("error: could not write ") and named in last, limited.stderr
+    assert last.endswith("the checkpoint at step 30 is intact") and "Traceback" not in limited.stderr
+    assert checkpoint.read_bytes() == before
