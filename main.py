@@ -383,6 +383,8 @@ class LiveRun:
                                       f"{','.join(schedule.games)} at step {start_step}", start_step)
             self.logger.log_scalars({f"probe/floor/{g}": floor_psnr(f) for g, f in self.probe_sets.items()},
                                     start_step)
+        if self.probe_sets:
+            self.score()  # where the run starts from: before any update, or the resumed weights
 
     @contextmanager
     def tensorboard(self):
@@ -426,7 +428,8 @@ class LiveRun:
 
     def score(self) -> None:
         """Score every probe set and the plasticity metrics at this step, without an update."""
-        tags = scoring(self.model, self.probe_sets, self.stream.game, self.results)
+        tags = scoring(self.model, self.probe_sets, self.stream.game or self.schedule.game_at(self.model.step + 1),
+                       self.results)
         with self.tensorboard():
             self.logger.log_scalars(tags, self.model.step)
         self.probe = {g: tags[f"probe/psnr/{g}"] for g in self.probe_sets}

@@ -112,9 +112,15 @@ class Viewer:
                    f"PSNR {self.quality[-1][1]:.2f} dB, floor {self.quality[-1][2]:.2f} dB" if self.quality
                    else "PSNR and online floor: from the second frame")
         order = [game] + [g for g in self.probes if g != game]
-        scored = [f"{g} {self.probes[g][-1][1]:.1f}" for g in order if self.probes[g]]
-        self._plot(strip[:, half:], [self.probes[g] for g in order], [self.colours.get(g, (200, 200, 200)) for g in order],
-                   step, self.switches, "probe PSNR: " + (", ".join(scored) if scored else "not scored yet"))
+        colours = [self.colours.get(g, (200, 200, 200)) for g in order]
+        self._plot(strip[:, half:], [self.probes[g] for g in order], colours, step, self.switches,
+                   "probe PSNR:" + ("" if any(self.probes.values()) else " not scored yet"))
+        x = half + 8 + self.cv2.getTextSize("probe PSNR: ", self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
+        for g, colour in zip(order, colours):  # each game's last score, in its curve's colour
+            if self.probes[g]:
+                label = f"{g} {self.probes[g][-1][1]:.1f}"
+                self.cv2.putText(strip, label, (x, 15), self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, self.cv2.LINE_AA)
+                x += self.cv2.getTextSize(label + "  ", self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
         return strip
 
     def _plot(self, area: np.ndarray, curves: list, colours: list, step: int, marks: list[int], title: str) -> None:

@@ -1,10 +1,10 @@
 """Screenshot of the live window for the README, taken under a private Xvfb server.
 
-    uv run docs/make_screenshot.py [--steps 2500] [--game A,B,C] [--switch-every 500] [--out docs/live_window.png]
+    uv run docs/make_screenshot.py [--steps 2000] [--game A,B,C] [--switch-every 500] [--out docs/live_window.png]
 
 In a scratch folder it runs the real main.py headless for `--steps` frames of the schedule,
-resumes that checkpoint with `--window on`, captures the window with xwd after a few
-seconds and quits it with `q`.
+resumes that checkpoint with `--window on` for `--window-seconds`, so that the live strip
+has a history, captures the window with xwd and quits it with `q`.
 """
 
 import argparse
@@ -27,7 +27,8 @@ TITLE = "Streaming autoencoder"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2500, help="frames learned headless before the shot")
+    parser.add_argument("--steps", type=int, default=2000, help="frames learned headless before the window opens")
+    parser.add_argument("--window-seconds", type=float, default=20, help="seconds of learning in the window before the shot")
     parser.add_argument("--game", default="Breakout,Assault,SpaceInvaders,Pacman,Asteroids")
     parser.add_argument("--switch-every", default="500")
     parser.add_argument("--out", default=str(ROOT / "docs" / "live_window.png"))
@@ -35,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         trained = run_main(["--window", "off", "--game", args.game, "--switch-every", args.switch_every, "--seed", "0",
-                            "--steps", str(args.steps), "--eval-every", "500"], folder, timeout=3600)
+                            "--steps", str(args.steps), "--eval-every", "100"], folder, timeout=3600)
         if trained.returncode != 0:
             raise SystemExit(trained.stderr)
         server = Xvfb()
@@ -44,7 +45,7 @@ def main() -> None:
             if not wait_for(lambda: server.find_window(TITLE) is not None, 120):
                 raise SystemExit("the window did not open")
             window = server.find_window(TITLE)
-            time.sleep(5)
+            time.sleep(args.window_seconds)
             image = server.screenshot(window)
             cv2.imwrite(args.out, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             server.run("xdotool", "windowfocus", "--sync", window)

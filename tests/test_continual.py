@@ -120,7 +120,7 @@ def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, m
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert code == 0
-    assert scorings == [4, 8, 12] and len(probe_raw) >= 2 * 78  # per set: the reset frame, 60 skipped, 2 x 8 more
+    assert scorings == [0, 4, 8, 12] and len(probe_raw) >= 2 * 78  # per set: the reset frame, 60 skipped, 2 x 8 more
     assert len(trained) == len(detected) == 12  # scoring called neither
     assert all(t is s for t, s in zip(trained, served))  # every update learned a training-stream frame
     probe_ids = {id(f) for f in probe_raw}
