@@ -283,6 +283,7 @@ def lock_checkpoint(path: Path) -> int:
     OS drops its lock with the process. The file holds the holder's pid, for the error.
     """
     lock_path = path.with_name(path.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
