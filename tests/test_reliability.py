@@ -221,3 +221,10 @@ def test_a_write_past_a_file_size_limit_ends_in_one_line_and_keeps_the_checkpoin
     assert last.startswith("error: could not write ") and named in last, limited.stderr
     assert last.endswith("the checkpoint at step 30 is intact") and "Traceback" not in limited.stderr
     assert checkpoint.read_bytes() == before
+
+
+def test_a_checkpoint_in_a_new_folder_is_created_with_its_lock(tmp_path):
+    result = run_main([*HEADLESS, "--steps", "2", "--eval-every", "0", "--checkpoint", "new/sub/c.pth"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert checkpoint_step(tmp_path / "new" / "sub" / "c.pth") == 2
+    assert (tmp_path / "new" / "sub" / "c.pth.lock").exists()
