@@ -68,7 +68,7 @@ def test_redraws_are_capped_while_every_frame_is_learned(tmp_path, xserver):
     import re
     import time
 
-    process = start_main(["--window", "on", "--game", "Breakout", "--seed", "4", "--display-fps", "2",
+    process = start_main(["--window", "on", "--game", "Breakout", "--seed", "4", "--display-fps", "1",
                           "--eval-every", "0"], tmp_path, DISPLAY=xserver.display)
     try:
         assert wait_for(lambda: xserver.find_window("Streaming autoencoder") is not None, 120)
@@ -84,8 +84,8 @@ def test_redraws_are_capped_while_every_frame_is_learned(tmp_path, xserver):
             process.kill()
     output = process.stdout.read()
     steps, redraws = map(int, re.search(r"at step (\d+) \((\d+) window redraws\)", output).groups())
-    assert 2 <= redraws <= 2 * elapsed + 3  # at most --display-fps a second
-    assert steps >= 3 * redraws  # learning ran on every frame, drawn or not
+    assert 2 <= redraws <= 1 * elapsed + 3  # at most --display-fps a second
+    assert steps >= 3 * redraws  # learning ran on every frame, drawn or not (a loaded machine still does 3 a second)
 
 
 def test_bench_speed_window_times_the_loop_with_the_real_window(xserver):
