@@ -349,11 +349,12 @@ def continual_run(task: dict) -> dict:
         if switched:
             model.forget_previous_frame()
         results = model.update_params(frame)
-        if step % switch_every == 0 or step % task["eval_every"] == 0:
+        scored = task["eval_every"] and step % task["eval_every"] == 0
+        if step % switch_every == 0 or scored:
             scores = row()
             if step % switch_every == 0:
                 matrix.append(scores)
-            if step % task["eval_every"] == 0:
+            if scored:
                 curve.append((step, scores))
         bar.update()
     bar.close()
@@ -417,7 +418,8 @@ def bench_continual(args) -> dict:
         log(f"plot: {args.plot}")
     for row in rows:
         forgetting = " ".join(f"{g}:{f:.2f}" if f is not None else f"{g}:-" for g, f in zip(row["games"], row["forgetting"]))
-        log(f"{row['optimizer']:>13} seed {row['seed']}: bwt {row['bwt']:.2f}  trend {row['plasticity_trend']:.2f}  "
+        bwt = f"{row['bwt']:.2f}" if row["bwt"] is not None else "-"
+        log(f"{row['optimizer']:>13} seed {row['seed']}: bwt {bwt}  trend {row['plasticity_trend']:.2f}  "
             f"forgetting {forgetting}")
         if not args.curves:
             del row["curve"]
@@ -491,7 +493,8 @@ def main() -> None:
     continual.add_argument("--optimizers", nargs="+", default=[DEFAULT_OPTIMIZER], choices=list(OPTIMIZERS))
     continual.add_argument("--seeds", nargs="+", type=int, default=[0])
     continual.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
-    continual.add_argument("--eval-every", type=int, default=500, help="steps between probe scorings for the plot")
+    continual.add_argument("--eval-every", type=int, default=500, help="steps between probe scorings for the plot "
+                           "(0: only at segment ends)")
     continual.add_argument("--probe-frames", type=int, default=PROBE_FRAMES, help="held-out probe frames per game")
     continual.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     continual.add_argument("--plot", help="PNG path for the probe-PSNR-over-the-stream plot")

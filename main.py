@@ -297,14 +297,27 @@ def lock_checkpoint(path: Path) -> int:
     return descriptor
 
 
-def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path]:
-    """Parse, validate and resolve everything; raises UsageError before anything is written."""
+def check_flags(argv: list[str] | None) -> tuple[Config, set[str]]:
+    """Parse and validate every flag that can be judged without the checkpoint: the config
+    and the names of the flags given. Raises UsageError before anything is written."""
     config, given = parse_args(argv)
     validate(config)
     checkpoint_path = Path(config.checkpoint)
     check_writable_folder(checkpoint_path.parent.resolve(), "checkpoint folder")
     if checkpoint_path.is_dir():
         raise UsageError(f"--checkpoint {checkpoint_path} is a folder, not a file")
+    if config.game is not None:
+        parse_games(config.game)
+    resolve_device(config.device)
+    if config.log_dir is not None:
+        check_writable_folder(Path(config.log_dir).resolve(), "log folder")
+    return config, given
+
+
+def resolve(config: Config, given: set[str]) -> tuple[Config, dict | None, Schedule, Path]:
+    """Load the checkpoint (unless --fresh), merge it with the flags, and settle the seed,
+    the schedule and the log folder: (config, checkpoint, schedule, log folder)."""
+    checkpoint_path = Path(config.checkpoint)
     checkpoint = None
     if checkpoint_path.exists() and not config.fresh:
         checkpoint = load_checkpoint(checkpoint_path)
@@ -313,7 +326,6 @@ def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path
         config.seed = random.SystemRandom().randrange(2**31)
     config.game = ",".join(parse_games(config.game or random.Random(config.seed).choice(DEFAULT_GAMES)))
     schedule = Schedule(tuple(config.game.split(",")), config.switch_every)
-    resolve_device(config.device)
     if config.log_dir is None:
         if checkpoint and checkpoint.get("log_dir"):
             config.log_dir = checkpoint["log_dir"]
@@ -323,6 +335,11 @@ def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path
     log_dir = Path(config.log_dir)
     check_writable_folder(log_dir.resolve(), "log folder")
     return config, checkpoint, schedule, log_dir
+
+
+def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path]:
+    """Everything `run` settles before it starts, without the lock: writes nothing."""
+    return resolve(*check_flags(argv))
 
 
 def build_model(config: Config, checkpoint: dict | None, device: torch.device) -> StreamingAutoEncoder:
@@ -379,13 +396,15 @@ class LiveRun:
                                             image_every=config.image_every, histogram_every=config.histogram_every,
                                             purge_step=start_step + 1 if checkpoint else None)
             self.logger.log_config({**asdict(config), "device": str(model.device), "resumed_at": start_step})
-            if checkpoint and checkpoint["schedule"]["games"] != list(schedule.games):
+            changed = checkpoint is not None and checkpoint["schedule"]["games"] != list(schedule.games)
+            if changed:
                 self.logger.log_event(f"schedule changed from {','.join(checkpoint['schedule']['games'])} to "
                                       f"{','.join(schedule.games)} at step {start_step}", start_step)
-            self.logger.log_scalars({f"probe/floor/{g}": floor_psnr(f) for g, f in self.probe_sets.items()},
-                                    start_step)
-        if self.probe_sets:
-            self.score()  # where the run starts from: before any update, or the resumed weights
+            if checkpoint is None or changed:
+                self.logger.log_scalars({f"probe/floor/{g}": floor_psnr(f) for g, f in self.probe_sets.items()},
+                                        start_step)
+        if self.probe_sets:  # where the run starts from; a resumed run's was logged by the run before
+            self.score(log=checkpoint is None)
 
     @contextmanager
     def tensorboard(self):
@@ -427,12 +446,13 @@ class LiveRun:
             return self.viewer.show(self.results, fps, position, game)
         return True
 
-    def score(self) -> None:
+    def score(self, log: bool = True) -> None:
         """Score every probe set and the plasticity metrics at this step, without an update."""
         tags = scoring(self.model, self.probe_sets, self.stream.game or self.schedule.game_at(self.model.step + 1),
                        self.results)
-        with self.tensorboard():
-            self.logger.log_scalars(tags, self.model.step)
+        if log:
+            with self.tensorboard():
+                self.logger.log_scalars(tags, self.model.step)
         self.probe = {g: tags[f"probe/psnr/{g}"] for g in self.probe_sets}
         if self.viewer is not None:
             self.viewer.add_probe(self.model.step, self.probe)
@@ -476,8 +496,16 @@ def quiet_tensorboard_thread(args) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    config, checkpoint, schedule, log_dir = prepare(argv)
-    lock_checkpoint(Path(config.checkpoint))
+    config, given = check_flags(argv)
+    lock = lock_checkpoint(Path(config.checkpoint))  # before the load: no other run can save after it
+    try:
+        return run_locked(config, given)
+    finally:
+        os.close(lock)
+
+
+def run_locked(config: Config, given: set[str]) -> int:
+    config, checkpoint, schedule, log_dir = resolve(config, given)
     start_step = int(checkpoint["step"]) if checkpoint else 0
     if config.steps and start_step >= config.steps:
         print(f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do")
@@ -512,7 +540,11 @@ def run(argv: list[str] | None = None) -> int:
         if live is not None:
             live.abort()
         saved = live.saved_step if live is not None else (start_step if checkpoint else None)
-        intact = f"the checkpoint at step {saved} is intact" if saved is not None else "no checkpoint was saved"
+        if saved is not None:
+            intact = f"the checkpoint at step {saved} is intact"
+        else:
+            intact = "the checkpoint file already there is intact" if Path(config.checkpoint).exists() \
+                else "no checkpoint was saved"
         sys.stdout.flush()
         print(f"error: {failure}; {intact}", file=sys.stderr, flush=True)
         return 1

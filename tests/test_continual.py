@@ -133,16 +133,23 @@ def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, m
 
 @pytest.mark.slow
 def test_probe_sets_are_the_same_whether_resumed_or_not(tmp_path):
-    args = ["--game", "Breakout", "--seed", "8", "--window", "off", "--eval-every", "5", "--probe-frames", "4"]
+    """The floors are logged once per set: at the start, and on a resume that changes the schedule."""
+    args = ["--seed", "8", "--window", "off", "--eval-every", "5", "--probe-frames", "4"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert run_main([*args, "--steps", "5", "--log-dir", "runs/a"], tmp_path / "a").returncode == 0
-    assert run_main([*args, "--steps", "10", "--log-dir", "runs/a"], tmp_path / "a").returncode == 0
-    assert run_main([*args, "--steps", "10", "--log-dir", "runs/b"], tmp_path / "b").returncode == 0
+    assert run_main([*args, "--game", "Breakout", "--steps", "5", "--log-dir", "runs/a"], tmp_path / "a").returncode == 0
+    assert run_main([*args, "--game", "Breakout,Pong", "--steps", "10", "--log-dir", "runs/a"],
+                    tmp_path / "a").returncode == 0
+    assert run_main([*args, "--game", "Breakout,Pong", "--steps", "10", "--log-dir", "runs/b"],
+                    tmp_path / "b").returncode == 0
     resumed = read_scalars(tmp_path / "a" / "runs" / "a")
     straight = read_scalars(tmp_path / "b" / "runs" / "b")
-    floors = [e.value for e in resumed.Scalars("probe/floor/Breakout")]
-    assert len(floors) == 2 and floors[0] == floors[1] == straight.Scalars("probe/floor/Breakout")[0].value
+    breakout = [(e.step, e.value) for e in resumed.Scalars("probe/floor/Breakout")]
+    assert [step for step, _ in breakout] == [0, 5] and breakout[0][1] == breakout[1][1]
+    assert breakout[0][1] == straight.Scalars("probe/floor/Breakout")[0].value
+    assert resumed.Scalars("probe/floor/Pong")[0].value == straight.Scalars("probe/floor/Pong")[0].value
+    psnr_steps = [e.step for e in resumed.Scalars("probe/psnr/Breakout")]
+    assert psnr_steps == [0, 5, 10]  # the resumed start (step 5) is not logged twice
 
 
 def _trained(frames):

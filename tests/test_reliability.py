@@ -176,6 +176,10 @@ def test_a_second_run_on_a_locked_checkpoint_exits_2_and_a_killed_holder_never_b
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"pid {holder.pid}" in lines[0] and "in use" in lines[0], second.stderr
         assert holder.poll() is None  # the first run is unharmed and goes on
+        checkpoint = tmp_path / "quick_demo_model.pth"
+        checkpoint.write_bytes(b"not a checkpoint")  # the lock is taken before the load: the file is not read
+        blocked = run_main([*HEADLESS, "--steps", "3"], tmp_path)
+        assert blocked.returncode == 2 and "in use" in blocked.stderr and "corrupt" not in blocked.stderr
         signal_group(holder, signal.SIGINT)
         assert holder.wait(timeout=120) == 0
         first_step = checkpoint_step(tmp_path / "quick_demo_model.pth")
