@@ -26,12 +26,17 @@ def preprocess_frame(frame: np.ndarray | torch.Tensor, device: torch.device | st
     return tensor.to(device, non_blocking=True).float().div_(255.0)
 
 
-def postprocess_output(image: torch.Tensor) -> np.ndarray:
-    """A (1, C, H, W) or (C, H, W) tensor in [0, 1] -> an HxWxC uint8 array."""
+def postprocess_output(image: torch.Tensor, bgr: bool = False) -> np.ndarray:
+    """A (1, C, H, W) or (C, H, W) tensor in [0, 1] -> a contiguous HxWxC uint8 array.
+
+    NaN becomes 0. `bgr` reverses the channels, OpenCV's order, in the same pass.
+    """
     if image.dim() == 4:
         image = image[0]
-    array = image.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
-    return array.cpu().numpy()
+    array = image.detach().nan_to_num(0).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    if bgr:
+        array = array.flip(0)
+    return array.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def weighted_channel_sum(image: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:

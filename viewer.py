@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from utils import postprocess_output
 
 WINDOW_TITLE = "Streaming autoencoder"
 DISPLAY_FPS = 10.0  # default most redraws per second
@@ -83,9 +84,8 @@ class Viewer:
             last = self.quality[-1] if self.quality else (step, psnr, floor)
             self._append(self.quality, (step, 0.8 * last[1] + 0.2 * psnr, 0.8 * last[2] + 0.2 * floor))
         mask = results["change_mask"].expand(-1, 3, -1, -1)
-        panels = torch.cat([results["input"], results["reconstruction"], mask], dim=3)[0].detach().cpu()
-        bgr = panels.nan_to_num(0).mul(255).round_().clamp_(0, 255).to(torch.uint8)[[2, 1, 0]]
-        image = cv2.resize(bgr.permute(1, 2, 0).contiguous().numpy(), None, fx=self.scale, fy=self.scale,
+        panels = torch.cat([results["input"], results["reconstruction"], mask], dim=3)
+        image = cv2.resize(postprocess_output(panels, bgr=True), None, fx=self.scale, fy=self.scale,
                            interpolation=cv2.INTER_NEAREST)
         width = image.shape[1]
         for i, label in enumerate(("input", "reconstruction", "change mask")):
