@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from codec import LatentCodec
 from loss import mark_constants_for_compile, reconstruction_loss
 from monitoring import PerformanceMonitor, TensorBoardLogger
 from model import AutoEncoder, Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
@@ -60,6 +61,10 @@ class StreamingAutoEncoder(nn.Module):
         self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr, capturable=bool(use_graph))
         self.step = 0
         self._cut = False
+        self.noise = None
+        if config.latent_noise and config.latent_bits:
+            seed = int(torch.randint(2**62, (1,)))  # from the global RNG: torch.manual_seed makes it reproducible
+            self.noise = torch.Generator(self.device).manual_seed(seed)
         self._network_loss = torch.compile(self._network_loss, dynamic=False) if compile else self._network_loss
         if compile:
             mark_constants_for_compile()
@@ -145,15 +150,15 @@ class StreamingAutoEncoder(nn.Module):
     def _train_step(self, x: torch.Tensor, stage_marks=None) -> dict[str, torch.Tensor]:
         """One whole update on the device, no host sync: every tensor `update_params` reports."""
         mask, pixel_weight = self._change_weights(x)
-        parts, reconstruction, latents = self._network_loss(x, pixel_weight)
+        training_loss, parts, reconstruction, latents = self._network_loss(x, pixel_weight)
         if stage_marks is not None:
             stage_marks("forward")
         self.flat_params.grad.zero_()
-        parts["loss"].backward()
+        training_loss.backward()
         if stage_marks is not None:
             stage_marks("backward")
-        grad_norm, finite = self._clip_gradient(parts["loss"])
-        step_size = self.optimizer.update(parts["loss"].detach(), finite)
+        grad_norm, finite = self._clip_gradient(training_loss)
+        step_size = self.optimizer.update(training_loss.detach(), finite)
         if stage_marks is not None:
             stage_marks("optimizer")
         return {
@@ -178,8 +183,22 @@ class StreamingAutoEncoder(nn.Module):
         return 1.0 + self.change_weight * change_mask if self.change_detector is not None else None
 
     def _network_loss(self, x: torch.Tensor, pixel_weight: torch.Tensor | None):
-        reconstruction, latents = self.network(x)
-        return reconstruction_loss(reconstruction, x, pixel_weight), reconstruction, latents
+        """(the loss to learn from, the reported loss terms, reconstruction, latents).
+
+        Reported terms and reconstruction always come from the rounded codes. With
+        `latent_noise` the loss learned from is another decoding, of the noisy latents."""
+        if self.noise is None:
+            reconstruction, latents = self.network(x)
+            parts = reconstruction_loss(reconstruction, x, pixel_weight)
+            return parts["loss"], parts, reconstruction, latents
+        raw = self.network.encoder(x)
+        noisy = self.network.decoder([self.network.quantizer.noisy(z, self.noise) for z in raw])
+        training_loss = reconstruction_loss(noisy, x, pixel_weight)["loss"]
+        with torch.no_grad():
+            latents = [self.network.quantizer(z) for z in raw]
+            reconstruction = self.network.decoder(latents)
+            parts = reconstruction_loss(reconstruction, x, pixel_weight)
+        return training_loss, parts, reconstruction, latents
 
     def _clip_gradient(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip the gradient at norm 1.0 and zero it when not finite; (norm before clipping, finite)."""
@@ -213,6 +232,11 @@ class StreamingAutoEncoder(nn.Module):
         `change_mask`, leaving every state as it is (for UPGD's plasticity)."""
         reconstruction, _ = self.network(x)
         return reconstruction_loss(reconstruction, x, self.pixel_weight(change_mask))["loss"]
+
+    def codec(self, temporal: bool = True):
+        """A coding session over the current weights (see `codec.LatentCodec`); coding
+        changes nothing in this learner."""
+        return LatentCodec(self.network, temporal=temporal, memory_format=self.memory_format)
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""

@@ -2,6 +2,7 @@
 
     uv run bench.py speed [--device cpu|cuda] [--window] [--json]
     uv run bench.py quality --frames N [--games G ...] [--optimizers O ...] [--plot P] [--json]
+    uv run bench.py rate --frames N [--games G ...] [--points C:B ...] [--plot P] [--json]
     uv run bench.py continual --games A B C --switch-every N --cycles C [--optimizers O ...] [--seeds S ...]
     uv run bench.py soak --frames N [--json]
 
@@ -15,10 +16,12 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import bjontegaard
 import cv2
 import numpy as np
 import torch
@@ -26,6 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
+from baselines import baseline_fields, decode_image, decode_video, jpeg, webp, webp_lossless_bytes, x264
+from baselines import psnr as baseline_psnr
 from continual import (EVAL_EVERY, PROBE_FRAMES, floor_psnr, forgetting_summary, plasticity_metrics, probe_psnrs,
                        scoring)
 from model import ModelConfig
@@ -35,7 +40,7 @@ from stream import DEFAULT_GAMES, FrameStream, Schedule, collect_frames, env_see
 from utils import FRAME_SIZE, preprocess_frame
 from viewer import DISPLAY_FPS, Viewer, display_usable
 
-LATENT_BYTES = 4495  # all three latents at 8 bits
+HELDOUT = 300
 
 
 def log(message: str) -> None:
@@ -211,31 +216,59 @@ def psnr_of(mse: float) -> float:
     return 10 * np.log10(1.0 / mse)
 
 
-def jpeg_baseline(frames, budget: int = LATENT_BYTES) -> tuple[float, float, int]:
-    """(PSNR, mean bytes, quality) of OpenCV JPEG at the largest quality whose mean size fits.
+def as_target(frame: np.ndarray) -> np.ndarray:
+    """A frame as the model sees it: 224x224 RGB uint8."""
+    return cv2.resize(frame, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
 
-    The mean size grows with the quality, so a binary search over 1..100 finds it.
-    """
-    def encode(quality: int) -> list[np.ndarray]:
-        return [cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1] for f in frames]
 
-    low, high = 0, 100  # invariant: quality `low` fits (0 = none does), every quality above `high` does not
-    while low < high:
-        middle = (low + high + 1) // 2
-        if np.mean([len(e) for e in encode(middle)]) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    if low == 0:
-        return float("nan"), float("nan"), 0
-    encoded = encode(low)
-    decoded = [cv2.imdecode(e, cv2.IMREAD_COLOR)[..., ::-1] for e in encoded]
-    mse = np.mean([np.mean((d / 255.0 - f / 255.0) ** 2) for d, f in zip(decoded, frames)])
-    return psnr_of(mse), float(np.mean([len(e) for e in encoded])), low
+def factorised_bound_bytes(codes: list[np.ndarray], alphabet: int) -> float:
+    """Mean bytes per frame under the best fixed per-channel distribution of these very
+    codes (their empirical one, its own cost not counted): no factorised prior, learned
+    or not, codes them smaller. `codes` holds one (frames, channels, values) array per branch."""
+    bits = 0.0
+    for branch in codes:
+        for channel in branch.transpose(1, 0, 2).reshape(branch.shape[1], -1):
+            counts = np.bincount(channel, minlength=alphabet)
+            p = counts[counts > 0] / channel.size
+            bits -= float(channel.size * (p * np.log2(p)).sum())
+    return bits / 8 / codes[0].shape[0]
+
+
+@torch.no_grad()
+def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict:
+    """The model, frozen, as a codec on held-out frames: real bytes from `model.codec()`
+    (and from a session without temporal coding, and the factorised bound, to compare),
+    the PSNR of the decoded frames, and what the receiver needs once."""
+    decoder_parameters = sum(p.numel() for p in model.decoder.parameters())  # the histogram has none
+    batch = torch.from_numpy(np.stack(targets)).permute(0, 3, 1, 2)
+    if not model.config.latent_bits:
+        return {"frozen_psnr": round(psnr_of(model.evaluate(batch).mean().item()), 2), "latent_bytes": None,
+                "bpp": None, "intra_latent_bytes": None, "factorised_bound_bytes": None,
+                "decoder_parameters": decoder_parameters, "decoder_bytes": 4 * decoder_parameters}
+    temporal, intra = model.codec(), model.codec(temporal=False)
+    sizes, intra_sizes, errors, codes = [], [], [], []
+    for target, x in zip(targets, batch):
+        data, reconstruction = temporal.encode(target)
+        sizes.append(len(data))
+        intra_sizes.append(len(intra.encode(target)[0]))
+        errors.append((reconstruction[0].cpu() - x.float() / 255).square().mean().item())
+        codes.append([c[0].flatten(1).numpy() for c in model.network.codes(model.as_input(x[None]))])
+    latent_bytes = float(np.mean(sizes))
+    branches = [np.stack([frame[b] for frame in codes]) for b in range(len(codes[0]))]
+    return {
+        "frozen_psnr": round(psnr_of(np.mean(errors)), 2),
+        "latent_bytes": round(latent_bytes, 1),
+        "bpp": round(latent_bytes * 8 / (FRAME_SIZE * FRAME_SIZE), 4),
+        "intra_latent_bytes": round(float(np.mean(intra_sizes)), 1),
+        "factorised_bound_bytes": round(factorised_bound_bytes(branches, 2**model.config.latent_bits), 1),
+        "decoder_parameters": decoder_parameters,
+        "decoder_bytes": 4 * decoder_parameters,
+    }
 
 
 def quality_run(task: dict) -> dict:
-    """One (game, optimizer) stream, scored prequentially; runs in its own process."""
+    """One (game, optimizer) stream, scored prequentially, then frozen and coded over the
+    next `heldout` frames beside the named codecs; runs in its own process."""
     torch.set_num_threads(task["threads"])
     game, optimizer, frames_total = task["game"], task["optimizer"], task["frames"]
     torch.manual_seed(task["seed"])
@@ -255,15 +288,18 @@ def quality_run(task: dict) -> dict:
         if (i + 1) % 500 == 0:
             bar.set_postfix(psnr=f"{psnr_of(mses[i - 499 : i + 1].mean().item()):.2f}")
     bar.close()
+    heldout = [as_target(frame)] + [as_target(next_frame(env)) for _ in range(task["heldout"] - 1)]
     mses = mses.tolist()
     targets = tail_frames.astype(np.float64) / 255.0
     floor_mse = np.mean((targets - targets.mean(axis=0)) ** 2)
-    jpeg_psnr, jpeg_bytes, jpeg_quality = jpeg_baseline(tail_frames)
+    codec = frozen_codec(model, heldout)
+    budget = codec["latent_bytes"]
     return {
-        "game": game, "optimizer": optimizer, "frames": frames_total,
+        "game": game, "optimizer": optimizer, "frames": frames_total, "heldout": len(heldout),
         "psnr": round(psnr_of(np.mean(mses[tail_start:])), 2),
         "floor_psnr": round(psnr_of(floor_mse), 2),
-        "jpeg_psnr": round(jpeg_psnr, 2), "jpeg_bytes": round(jpeg_bytes, 1), "jpeg_quality": jpeg_quality,
+        **codec,
+        **(baseline_fields(heldout, budget) if task.get("baselines", True) else {}),
         "mse_curve": mses,
     }
 
@@ -284,7 +320,10 @@ def plot_quality(rows: list[dict], path: str) -> None:
             ax.plot(np.arange(len(smooth)) + window, 10 * np.log10(1 / smooth), label=row["optimizer"])
         row = next(r for r in rows if r["game"] == game)
         ax.axhline(row["floor_psnr"], color="gray", linestyle="--", label="mean-frame floor")
-        ax.axhline(row["jpeg_psnr"], color="black", linestyle=":", label=f"JPEG at {LATENT_BYTES} B")
+        ax.axhline(row["frozen_psnr"], color="tab:red", linestyle="-.", label=f"frozen codec, {row['latent_bytes']} B")
+        for name, style in (("webp", ":"), ("x264", "--"), ("jpeg", (0, (1, 3)))):
+            if row.get(f"{name}_psnr") is not None:
+                ax.axhline(row[f"{name}_psnr"], color="black", linestyle=style, label=f"{name.upper()} at equal bytes")
         ax.set_title(game)
         ax.set_xlabel("frame")
         ax.set_ylabel("prequential PSNR (dB)")
@@ -305,8 +344,8 @@ def run_tasks(run, tasks: list[dict], jobs: int) -> list[dict]:
 def bench_quality(args) -> dict:
     overrides = parse_overrides(args.set)
     tasks = [
-        {"game": g, "optimizer": o, "frames": args.frames, "seed": args.seed, "overrides": overrides,
-         "lr": args.lr, "threads": args.threads, "index": i}
+        {"game": g, "optimizer": o, "frames": args.frames, "heldout": args.heldout, "seed": args.seed,
+         "overrides": overrides, "lr": args.lr, "threads": args.threads, "index": i}
         for i, (g, o) in enumerate((g, o) for g in args.games for o in args.optimizers)
     ]
     rows = run_tasks(quality_run, tasks, args.jobs)
@@ -315,10 +354,115 @@ def bench_quality(args) -> dict:
         log(f"plot: {args.plot}")
     for row in rows:
         log(f"{row['game']:>14} {row['optimizer']:>13}: {row['psnr']:6.2f} dB  floor {row['floor_psnr']:6.2f}  "
-            f"JPEG {row['jpeg_psnr']:6.2f} ({row['jpeg_bytes']:.0f} B)")
+            f"frozen {row['frozen_psnr']:6.2f} at {row['latent_bytes']} B  WebP {row.get('webp_psnr')}  "
+            f"x264 {row.get('x264_psnr')}  lossless WebP {row.get('webp_lossless_bytes')} B")
         if not args.curves:
             del row["mse_curve"]
     return {"results": rows, "overrides": overrides}
+
+
+# rate ---------------------------------------------------------------------------------------
+
+RATE_POINTS = ("3:8", "3:6", "3:4", "3:2")  # latent_channels:latent_bits
+CURVE_SETTINGS = {
+    "jpeg": (jpeg, [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]),
+    "webp": (webp, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]),
+}
+X264_CURVE = [51, 45, 39, 33, 27, 21, 15]
+
+
+def baseline_curves(targets: list[np.ndarray]) -> dict[str, list[dict]]:
+    """(bpp, psnr) of JPEG, WebP and x264 over a sweep of quality settings on `targets`."""
+    pixels = FRAME_SIZE * FRAME_SIZE
+    curves = {}
+    for name, (encode, qualities) in CURVE_SETTINGS.items():
+        curves[name] = []
+        for quality in qualities:
+            encoded = [encode(t, quality) for t in targets]
+            size = float(np.mean([len(e) for e in encoded]))
+            curves[name].append({"quality": quality, "bpp": round(size * 8 / pixels, 4),
+                                 "psnr": round(baseline_psnr([decode_image(e) for e in encoded], targets), 2)})
+    curves["x264"] = []
+    for qp in X264_CURVE:
+        data = x264(targets, qp)
+        curves["x264"].append({"quality": qp, "bpp": round(len(data) / len(targets) * 8 / pixels, 4),
+                               "psnr": round(baseline_psnr(decode_video(data), targets), 2)})
+    return curves
+
+
+def bd_rate(anchor: list[dict], test: list[dict]) -> float | None:
+    """BD-rate (%) of `test` against `anchor` (negative: fewer bits at equal PSNR), by
+    the bjontegaard package's Akima interpolation; None when the PSNR ranges do not
+    overlap or a curve has fewer than two distinct points."""
+    def points(curve):
+        by_psnr = {}
+        for p in sorted(curve, key=lambda p: p["bpp"]):
+            by_psnr.setdefault(p["psnr"], p["bpp"])
+        return [by_psnr[k] for k in sorted(by_psnr)], sorted(by_psnr)
+
+    (rate_a, psnr_a), (rate_t, psnr_t) = points(anchor), points(test)
+    if len(psnr_a) < 2 or len(psnr_t) < 2 or min(psnr_a[-1], psnr_t[-1]) <= max(psnr_a[0], psnr_t[0]):
+        return None
+    with warnings.catch_warnings():  # it warns on a small overlap; the interval it uses is the overlap
+        warnings.simplefilter("ignore")
+        value = bjontegaard.bd_rate(rate_a, psnr_a, rate_t, psnr_t, method="akima", require_matching_points=False)
+    return round(float(value), 2) if np.isfinite(value) else None
+
+
+def plot_rate(games: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(games), figsize=(4.2 * len(games), 3.8), squeeze=False)
+    for ax, (game, entry) in zip(axes[0], games.items()):
+        model = sorted(entry["model"], key=lambda p: p["bpp"])
+        ax.plot([p["bpp"] for p in model], [p["psnr"] for p in model], "o-", color="tab:red", label="frozen codec")
+        for name, style in (("webp", "s--"), ("jpeg", "^:"), ("x264", "d-.")):
+            curve = entry["curves"][name]
+            ax.plot([p["bpp"] for p in curve], [p["psnr"] for p in curve], style, ms=3, label=name.upper())
+        ax.axvline(entry["webp_lossless_bpp"], color="gray", lw=0.8, label="lossless WebP")
+        ax.set_xscale("log")
+        ax.set_title(game)
+        ax.set_xlabel("bits per pixel (224x224)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def bench_rate(args) -> dict:
+    """Rate points of the frozen codec (one stream per latent_channels:latent_bits point
+    and game) beside JPEG, WebP and x264 sweeps on the same held-out frames, with BD-rates."""
+    points = [tuple(int(v) for v in p.split(":")) for p in args.points]
+    tasks = [
+        {"game": g, "optimizer": DEFAULT_OPTIMIZER, "frames": args.frames, "heldout": args.heldout, "seed": args.seed,
+         "overrides": {"latent_channels": c, "latent_bits": b}, "lr": None, "threads": args.threads, "index": i,
+         "baselines": False}
+        for i, (g, (c, b)) in enumerate((g, p) for g in args.games for p in points)
+    ]
+    rows = run_tasks(quality_run, tasks, args.jobs)
+    games = {}
+    pixels = FRAME_SIZE * FRAME_SIZE
+    for game in args.games:
+        targets = [as_target(f) for f in collect_frames(game, args.frames + args.heldout, args.seed)[args.frames:]]
+        log(f"{game}: baseline sweeps")
+        model = [{"latent_channels": c, "latent_bits": b, "bpp": r["bpp"], "psnr": r["frozen_psnr"], "latent_bytes": r["latent_bytes"],
+                  "prequential_psnr": r["psnr"]}
+                 for r, (c, b) in zip((r for r in rows if r["game"] == game), points)]
+        curves = baseline_curves(targets)
+        games[game] = {
+            "model": model, "curves": curves,
+            "webp_lossless_bpp": round(float(np.mean([webp_lossless_bytes(t) for t in targets])) * 8 / pixels, 4),
+            "bd_rate": {name: bd_rate(curve, model) for name, curve in curves.items()},
+        }
+        log(f"{game}: BD-rate vs " + ", ".join(f"{k} {v}" for k, v in games[game]["bd_rate"].items()))
+    if args.plot:
+        plot_rate(games, args.plot)
+        log(f"plot: {args.plot}")
+    return {"frames": args.frames, "heldout": args.heldout, "seed": args.seed, "games": games}
 
 
 # continual ----------------------------------------------------------------------------------
@@ -481,11 +625,22 @@ def main() -> None:
     quality.add_argument("--optimizers", nargs="+", default=[DEFAULT_OPTIMIZER], choices=list(OPTIMIZERS))
     quality.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model after --frames")
     quality.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     quality.add_argument("--plot", help="PNG path for the PSNR-over-frames plot")
     quality.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
     quality.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
     quality.add_argument("--curves", action="store_true", help="keep per-frame MSE curves in the JSON")
+    rate = sub.add_parser("rate", help="rate-distortion points, JPEG/WebP/x264 curves and BD-rates")
+    rate.add_argument("--frames", type=int, required=True, help="frames learned before the codec is frozen")
+    rate.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
+    rate.add_argument("--points", nargs="+", default=list(RATE_POINTS), metavar="CHANNELS:BITS",
+                      help="latent_channels:latent_bits of each rate point")
+    rate.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model")
+    rate.add_argument("--seed", type=int, default=0)
+    rate.add_argument("--plot", help="PNG path for the rate-distortion plot")
+    rate.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
+    rate.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
     continual = sub.add_parser("continual", help="forgetting and plasticity over a schedule of games")
     continual.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
     continual.add_argument("--switch-every", type=int, required=True, help="steps per game")
@@ -505,10 +660,11 @@ def main() -> None:
     soak.add_argument("--frames", type=int, required=True)
     soak.add_argument("--game", default="Breakout")
     soak.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    for p in (speed, quality, continual, soak):
+    for p in (speed, quality, rate, continual, soak):
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = parser.parse_args()
-    commands = {"speed": bench_speed, "quality": bench_quality, "continual": bench_continual, "soak": bench_soak}
+    commands = {"speed": bench_speed, "quality": bench_quality, "rate": bench_rate, "continual": bench_continual,
+                "soak": bench_soak}
     result = commands[args.command](args)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 

@@ -34,7 +34,7 @@ from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from stream import DEFAULT_GAMES, FrameStream, Schedule, env_id, installed_games, probe_frames
 from viewer import DISPLAY_FPS, Progress, Viewer, display_usable
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 @dataclass
@@ -61,6 +61,8 @@ class Config:
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
                              + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})
+    latent_bits: int = field(default=8, metadata={"help": "bits per latent value, rounded in the forward pass "
+                             "(0 = float latents, no bitstream)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss, and on CUDA replay "
                           "each update as one captured CUDA graph (faster per step, a minute or more to compile first)"})
     tensorboard: bool = field(default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"})
@@ -120,6 +122,8 @@ def validate(config: Config) -> None:
                  "probe_frames"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if not 0 <= config.latent_bits <= 16:
+        raise UsageError(f"--latent-bits must be 0 (float latents) to 16, got {config.latent_bits}")
     if config.eval_every < 0:
         raise UsageError(f"--eval-every must be >= 0 (0 = never), got {config.eval_every}")
     if not config.display_fps > 0:
@@ -218,16 +222,17 @@ def merge_with_checkpoint(config: Config, given: set[str], checkpoint: dict) -> 
     """Flags not given take the checkpoint's values; contradictions are errors."""
     saved = checkpoint["config"]
     architecture = checkpoint["architecture"]
-    for flag, key in (("latent_channels", "latent_channels"), ("optimizer", "optimizer")):
-        if flag in given and getattr(config, flag) != architecture[key]:
+    for flag in ("latent_channels", "latent_bits", "optimizer"):
+        if flag in given and getattr(config, flag) != architecture[flag]:
             raise UsageError(
                 f"--{flag.replace('_', '-')} {getattr(config, flag)} contradicts the checkpoint's "
-                f"{architecture[key]}; start over with --fresh, or pick another --checkpoint"
+                f"{architecture[flag]}; start over with --fresh, or pick another --checkpoint"
             )
-    resumable = {"seed", "lr", "latent_channels", "optimizer", "save_every", "log_every", "image_every",
+    resumable = {"seed", "lr", "latent_channels", "latent_bits", "optimizer", "save_every", "log_every", "image_every",
                  "histogram_every", "compile", "eval_every", "probe_frames", "display_fps"}
     values = {k: saved[k] for k in resumable if k in saved and k not in given}
     values["latent_channels"] = architecture["latent_channels"]
+    values["latent_bits"] = architecture["latent_bits"]
     values["optimizer"] = architecture["optimizer"]
     if "game" not in given:
         values["game"] = ",".join(checkpoint["schedule"]["games"])
@@ -345,7 +350,7 @@ def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path
 def build_model(config: Config, checkpoint: dict | None, device: torch.device) -> StreamingAutoEncoder:
     torch.manual_seed(config.seed)
     if checkpoint is None:
-        return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels),
+        return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels, latent_bits=config.latent_bits),
                                     optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile)
     architecture = dict(checkpoint["architecture"])
     optimizer = architecture.pop("optimizer")

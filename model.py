@@ -16,6 +16,8 @@ Every named part has a single role and a switch in `ModelConfig`:
 - PixelChangeDetector: |frame_t - frame_t-1| against an adaptive threshold; its mask
   weights the loss towards moving objects (a ball is a few pixels that plain MSE
   ignores). It sees input frames only, so it never feeds the decoder.
+- LatentQuantizer: bounds the latents and rounds them to `latent_bits` bits, so the
+  decoder learns from and is scored on exactly the codes a bitstream carries.
 """
 
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ class ModelConfig:
     use_transformer: bool = False  # likewise
     use_change_detector: bool = True
     output_margin: float = 0.05  # 0: a plain sigmoid (see ReachableSigmoid)
+    latent_bits: int = 8  # levels per latent value: 2^bits in [-1, 1]; 0 = float latents, unbounded (an ablation)
+    latent_noise: bool = False  # learn through uniform noise instead of straight-through rounding (see LatentQuantizer)
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Latent (C, H, W) per branch: three stride-2 no-padding convolutions."""
@@ -190,6 +194,46 @@ class Encoder(nn.Module):
         return {f"{k}x{k}": b.stage2(b.stage1(x)) for k, b in zip(BRANCH_KERNELS, self.branches)}
 
 
+class LatentQuantizer(nn.Module):
+    """Bounds each latent value to [-1, 1] with tanh and rounds it to one of 2^bits levels.
+
+    The forward pass always uses the rounded value. Its gradient is straight-through:
+    rounding counts as the identity, so the encoder gets tanh's gradient. `noisy`
+    is the other training proxy (Ballé et al., 2017): tanh plus uniform noise one
+    level wide, from a generator the caller owns. With `bits=0` the latents stay
+    float and unbounded. Codes are the integers 0 .. 2^bits - 1.
+    """
+
+    def __init__(self, bits: int):
+        super().__init__()
+        if not 0 <= bits <= 16:
+            raise ValueError(f"latent_bits must be 0 (float) to 16, got {bits}")
+        self.bits = bits
+        self.top = 2**bits - 1
+
+    def _scaled(self, z: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(z) + 1.0) * (self.top / 2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.bits:
+            return z
+        scaled = self._scaled(z)
+        return self.values(scaled + (scaled.round() - scaled).detach())  # exactly round(scaled) going forward
+
+    def noisy(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        scaled = self._scaled(z)
+        noise = torch.rand(scaled.shape, generator=generator, device=scaled.device, dtype=scaled.dtype)
+        return self.values(scaled + noise - 0.5)
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """The integer code of each latent value (int64)."""
+        return self._scaled(z).round_().long()
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """The latent value the decoder sees for each code (or scaled value)."""
+        return codes.float().mul(2 / self.top).sub_(1.0)
+
+
 class ReachableSigmoid(torch.autograd.Function):
     """clip((1 + 2m) * sigmoid(z) - m, 0, 1): a sigmoid that reaches 0 and 1 exactly.
 
@@ -296,17 +340,25 @@ class Decoder(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    """The network alone: frames (N, 3, 224, 224) -> (reconstructions, latents)."""
+    """The network alone: frames (N, 3, 224, 224) -> (reconstructions, quantised latents)."""
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
+        self.quantizer = LatentQuantizer(config.latent_bits)
         self.decoder = Decoder(config)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        latents = self.encoder(x)
+        latents = [self.quantizer(z) for z in self.encoder(x)]
         return self.decoder(latents), latents
+
+    def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The integer codes of each branch's latent (needs `latent_bits` > 0)."""
+        return [self.quantizer.codes(z) for z in self.encoder(x)]
+
+    def decode_codes(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder([self.quantizer.values(c) for c in codes])
 
     def hidden_activations(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every hidden convolution's output after its activation (the encoder stages, the
@@ -316,6 +368,6 @@ class AutoEncoder(nn.Module):
         for k, branch in zip(BRANCH_KERNELS, self.encoder.branches):
             first, second, latent = branch.hidden(x)
             maps[f"encoder.{k}x{k}.stage1"], maps[f"encoder.{k}x{k}.stage2"] = first, second
-            latents.append(latent)
+            latents.append(self.quantizer(latent))
         maps["decoder.fuse"], maps["decoder.up"], image = self.decoder.hidden(latents)
         return maps, image

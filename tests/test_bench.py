@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 
 import bench
-from conftest import ROOT, ale_frames
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
 
@@ -32,26 +31,46 @@ def test_speed_reports_every_spec_field():
     assert report["roofline_fraction"] == pytest.approx(report["achieved_gflops"] / report["matmul_gflops"], rel=0.01)
 
 
-def test_quality_rows_and_plot(tmp_path):
+CODEC_FIELDS = {"frozen_psnr", "latent_bytes", "bpp", "decoder_parameters", "decoder_bytes", "jpeg_psnr", "webp_psnr",
+                "x264_psnr", "png_bytes", "webp_lossless_bytes"}
+
+
+def test_quality_rows_codec_fields_and_plot(tmp_path):
     plot = tmp_path / "quality.png"
-    report = run_bench("quality", "--frames", "30", "--games", "Breakout", "MsPacman", "--plot", str(plot))
+    report = run_bench("quality", "--frames", "30", "--heldout", "12", "--games", "Breakout", "MsPacman",
+                       "--plot", str(plot))
     rows = report["results"]
-    assert [(r["game"], r["optimizer"], r["frames"]) for r in rows] == [
-        ("Breakout", "obgd-adaptive", 30), ("MsPacman", "obgd-adaptive", 30)]
+    assert [(r["game"], r["optimizer"], r["frames"], r["heldout"]) for r in rows] == [
+        ("Breakout", "obgd-adaptive", 30, 12), ("MsPacman", "obgd-adaptive", 30, 12)]
     for row in rows:
-        assert {"psnr", "floor_psnr", "jpeg_psnr", "jpeg_bytes"} <= row.keys()
-        assert row["jpeg_bytes"] <= bench.LATENT_BYTES
-        assert row["floor_psnr"] > 10 and row["jpeg_psnr"] > 10
+        assert {"psnr", "floor_psnr"} | CODEC_FIELDS <= row.keys()
+        assert row["bpp"] == pytest.approx(row["latent_bytes"] * 8 / 224**2, abs=1e-4)
+        assert row["decoder_bytes"] == 4 * row["decoder_parameters"] > 0
+        assert row["floor_psnr"] > 10 and row["frozen_psnr"] > 5 and row["png_bytes"] > row["webp_lossless_bytes"] > 0
+        for name in ("jpeg", "webp", "x264"):  # null, or a quality whose mean size fits the latent bytes
+            assert row[f"{name}_psnr"] is None or row[f"{name}_bytes"] <= row["latent_bytes"]
     assert cv2.imread(str(plot)) is not None
 
 
-def test_jpeg_baseline_takes_the_largest_quality_that_fits():
-    frames = [cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA) for f in ale_frames("Assault", 6)]
-    psnr, mean_bytes, quality = bench.jpeg_baseline(frames)
-    assert mean_bytes <= bench.LATENT_BYTES
-    above = [len(cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality + 1])[1]) for f in frames]
-    assert np.mean(above) > bench.LATENT_BYTES
-    assert 15 < psnr < 60
+def test_float_latents_have_no_bytes():
+    row = run_bench("quality", "--frames", "10", "--heldout", "4", "--games", "Breakout",
+                    "--set", "latent_bits=0")["results"][0]
+    assert row["latent_bytes"] is None and row["bpp"] is None and row["webp_psnr"] is None
+    assert row["frozen_psnr"] > 5
+
+
+def test_rate_points_curves_bd_rates_and_plot(tmp_path):
+    plot = tmp_path / "rate.png"
+    report = run_bench("rate", "--frames", "20", "--heldout", "6", "--games", "Breakout", "--points", "3:8", "1:4",
+                       "--plot", str(plot))
+    entry = report["games"]["Breakout"]
+    assert [(p["latent_channels"], p["latent_bits"]) for p in entry["model"]] == [(3, 8), (1, 4)]
+    assert entry["model"][1]["latent_bytes"] < entry["model"][0]["latent_bytes"]  # fewer channels, fewer bits
+    assert set(entry["curves"]) == {"jpeg", "webp", "x264"} == set(entry["bd_rate"])
+    for name, curve in entry["curves"].items():
+        assert len(curve) >= 7 and all(p["bpp"] > 0 and 10 < p["psnr"] < 100 for p in curve), name
+        assert curve[-1]["psnr"] > curve[0]["psnr"] and curve[-1]["bpp"] > curve[0]["bpp"]  # worst to best quality
+    assert cv2.imread(str(plot)) is not None
 
 
 def test_soak_reports_memory_growth_and_log_size():
