@@ -47,7 +47,18 @@ case "${1:-}" in
     uv run bench.py continual --games Breakout Assault SpaceInvaders Pacman Asteroids --switch-every 2000 --cycles 2 \
       --optimizers obgd obgd-adaptive adam sgd --seeds 0 1 --jobs 2 --threads 1 --eval-every 500 \
       --plot docs/continual_2k.png --json 2>"$out/continual_2k.log" | tail -1 > "$out/continual_2k.json" ;;
+  codec)  # real bytes: the default, float latents and noise training, then the rate points, then their speed
+    r() { local name=$1; shift; uv run bench.py "$@" --json 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
+    r codec_float_5k quality --frames 5000 --games Breakout Assault --set latent_bits=0
+    r codec_noise_5k quality --frames 5000 --games Breakout Assault --set latent_noise=True
+    r codec_default_5k quality --frames 5000 --plot docs/quality_5k.png
+    r rate_2k rate --frames 2000 --plot docs/rate_2k.png
+    for run in 1 2 3; do
+      for set in latent_bits=0 latent_bits=8 latent_noise=True; do
+        uv run bench.py speed --set $set --json 2>/dev/null | tail -1 | sed "s/^/$set /" >> "$out/speed_codec_designs.txt"
+      done
+    done ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
-  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|continual|soak" >&2; exit 2 ;;
+  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|continual|codec|soak" >&2; exit 2 ;;
 esac

@@ -135,6 +135,8 @@ def _flag_cases():
         ("log folder under a file", ["--log-dir", "afile/runs"], "afile"),
         ("checkpoint under a file", ["--checkpoint", "afile/c.pth"], "afile"),
         ("unknown optimizer", ["--optimizer", "lbfgs"], "--optimizer"),
+        ("latent bits out of range", ["--latent-bits", "17"], "--latent-bits"),
+        ("latent bits against the checkpoint's", ["--latent-bits", "4"], "contradicts the checkpoint's 8"),
     ]
     if not torch.cuda.is_available():
         cases.append(("cuda without a GPU", ["--device", "cuda"], "CUDA"))
