@@ -112,7 +112,8 @@ def decode_video(data: bytes) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-def x264_search(frames: Sequence[np.ndarray], budget: float, quantisers: Sequence[int] = X264_QUANTISERS) -> dict | None:
+def x264_search(frames: Sequence[np.ndarray], budget: float,
+                quantisers: Sequence[int] = X264_QUANTISERS) -> dict | None:
     """{psnr, bytes (per frame), quality (the qp)} at the best quantiser whose whole stream
     fits `budget` bytes per frame, or None."""
     def attempt(qp: int) -> dict | None:

@@ -320,10 +320,13 @@ def plot_quality(rows: list[dict], path: str) -> None:
             ax.plot(np.arange(len(smooth)) + window, 10 * np.log10(1 / smooth), label=row["optimizer"])
         row = next(r for r in rows if r["game"] == game)
         ax.axhline(row["floor_psnr"], color="gray", linestyle="--", label="mean-frame floor")
-        ax.axhline(row["frozen_psnr"], color="tab:red", linestyle="-.", label=f"frozen codec, {row['latent_bytes']} B")
+        if row.get("latent_bytes") is not None:
+            ax.axhline(row["frozen_psnr"], color="tab:red", linestyle="-.",
+                       label=f"frozen codec, {row['latent_bytes']:.0f} B")
         for name, style in (("webp", ":"), ("x264", "--"), ("jpeg", (0, (1, 3)))):
             if row.get(f"{name}_psnr") is not None:
-                ax.axhline(row[f"{name}_psnr"], color="black", linestyle=style, label=f"{name.upper()} at equal bytes")
+                ax.axhline(row[f"{name}_psnr"], color="black", linestyle=style,
+                           label=f"{name.upper()} at {row[f'{name}_bytes']:.0f} B")
         ax.set_title(game)
         ax.set_xlabel("frame")
         ax.set_ylabel("prequential PSNR (dB)")
@@ -433,10 +436,18 @@ def plot_rate(games: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def rate_point(text: str) -> tuple[int, int]:
+    """`CHANNELS:BITS`, as --points takes it."""
+    channels, _, bits = text.partition(":")
+    if not (channels.isdigit() and bits.isdigit() and int(channels) >= 1 and 1 <= int(bits) <= 16):
+        raise argparse.ArgumentTypeError(f"a rate point is CHANNELS:BITS (channels >= 1, bits 1-16), got {text!r}")
+    return int(channels), int(bits)
+
+
 def bench_rate(args) -> dict:
     """Rate points of the frozen codec (one stream per latent_channels:latent_bits point
     and game) beside JPEG, WebP and x264 sweeps on the same held-out frames, with BD-rates."""
-    points = [tuple(int(v) for v in p.split(":")) for p in args.points]
+    points = args.points
     tasks = [
         {"game": g, "optimizer": DEFAULT_OPTIMIZER, "frames": args.frames, "heldout": args.heldout, "seed": args.seed,
          "overrides": {"latent_channels": c, "latent_bits": b}, "lr": None, "threads": args.threads, "index": i,
@@ -449,8 +460,8 @@ def bench_rate(args) -> dict:
     for game in args.games:
         targets = [as_target(f) for f in collect_frames(game, args.frames + args.heldout, args.seed)[args.frames:]]
         log(f"{game}: baseline sweeps")
-        model = [{"latent_channels": c, "latent_bits": b, "bpp": r["bpp"], "psnr": r["frozen_psnr"], "latent_bytes": r["latent_bytes"],
-                  "prequential_psnr": r["psnr"]}
+        model = [{"latent_channels": c, "latent_bits": b, "bpp": r["bpp"], "psnr": r["frozen_psnr"],
+                  "latent_bytes": r["latent_bytes"], "prequential_psnr": r["psnr"]}
                  for r, (c, b) in zip((r for r in rows if r["game"] == game), points)]
         curves = baseline_curves(targets)
         games[game] = {
@@ -634,7 +645,8 @@ def main() -> None:
     rate = sub.add_parser("rate", help="rate-distortion points, JPEG/WebP/x264 curves and BD-rates")
     rate.add_argument("--frames", type=int, required=True, help="frames learned before the codec is frozen")
     rate.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
-    rate.add_argument("--points", nargs="+", default=list(RATE_POINTS), metavar="CHANNELS:BITS",
+    rate.add_argument("--points", nargs="+", type=rate_point, default=[rate_point(p) for p in RATE_POINTS],
+                      metavar="CHANNELS:BITS",
                       help="latent_channels:latent_bits of each rate point")
     rate.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model")
     rate.add_argument("--seed", type=int, default=0)

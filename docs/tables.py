@@ -2,10 +2,10 @@
 
     uv run docs/tables.py
 
-Draws docs/quality_20k.png (the default on the five games) and docs/optimizers_5k.png
+Draws docs/quality_20k.png (float latents on the five games) and docs/optimizers_5k.png
 (the optimizers side by side): prequential PSNR over frames, with each game's
 mean-frame floor and JPEG line (the streams of one game share their frames). The
-continual plot is drawn by `bench.py continual --plot` itself.
+continual, quality-5k and rate plots are drawn by `bench.py` itself.
 """
 
 import json
@@ -51,6 +51,68 @@ def quality_table(results: list[dict]) -> str:
     for r in results:
         lines.append(f"| {r['game']} | {r['optimizer']} | {r['frames']:,} | {r['psnr']:.2f} | {r['floor_psnr']:.2f} | "
                      f"{r['psnr'] - r['floor_psnr']:+.2f} | {r['jpeg_psnr']:.2f} | {r['psnr'] - r['jpeg_psnr']:+.2f} |")
+    return "\n".join(lines)
+
+
+def fmt(value, spec: str = ".2f", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def codec_table(results: list[dict]) -> str:
+    """The frozen codec on the held-out frames beside the named codecs at its bytes."""
+    lines = ["| game | prequential PSNR | floor | frozen PSNR | latent bytes | bpp | WebP | JPEG | x264 | PNG bytes | "
+             "lossless WebP bytes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['game']} | {r['psnr']:.2f} | {r['floor_psnr']:.2f} | **{r['frozen_psnr']:.2f}** | "
+                     f"{r['latent_bytes']:,.0f} | {r['bpp']:.3f} | {fmt(r['webp_psnr'])} | {fmt(r['jpeg_psnr'])} | "
+                     f"{fmt(r['x264_psnr'])} | {r['png_bytes']:,.0f} | {r['webp_lossless_bytes']:,.0f} |")
+    return "\n".join(lines)
+
+
+def design_speeds() -> dict[str, list[float]]:
+    """update_fps per design from speed_codec_designs.txt (`<set> <json>` per line, in turns)."""
+    path = RESULTS / "speed_codec_designs.txt"
+    speeds: dict[str, list[float]] = {}
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        name, _, report = line.partition(" ")
+        speeds.setdefault(name, []).append(json.loads(report)["update_fps"])
+    return speeds
+
+
+def designs_table() -> str:
+    """Float latents, 8 bits straight-through (the default) and 8 bits through noise, on
+    Breakout and Assault at 5,000 frames, with their update speed."""
+    designs = [("float latents (`latent_bits=0`)", "codec_float_5k", "latent_bits=0"),
+               ("**8 bits, straight-through** (default)", "codec_default_5k", "latent_bits=8"),
+               ("8 bits, noise in learning (`latent_noise=True`)", "codec_noise_5k", "latent_noise=True")]
+    speeds = design_speeds()
+    base = speeds.get("latent_bits=0")
+    lines = ["| design | game | prequential PSNR | frozen PSNR | latent bytes | without temporal coding | "
+             "factorised bound | update_fps (3 runs) | vs float |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, name, key in designs:
+        fps = speeds.get(key)
+        ratio = (f"{sum(a / b for a, b in zip(fps, base)) / len(fps):.3f}" if fps and base else "-")
+        fps_text = ", ".join(f"{f:.1f}" for f in fps) if fps else "-"
+        for r in (r for r in rows(name) if r["game"] in ("Breakout", "Assault")):
+            lines.append(f"| {label} | {r['game']} | {r['psnr']:.2f} | {r['frozen_psnr']:.2f} | "
+                         f"{fmt(r['latent_bytes'], ',.0f')} | {fmt(r['intra_latent_bytes'], ',.0f')} | "
+                         f"{fmt(r['factorised_bound_bytes'], ',.0f')} | {fps_text} | {ratio} |")
+    return "\n".join(lines)
+
+
+def rate_table(name: str) -> str:
+    """Per game: each rate point's bytes and PSNR, and the BD-rates against the named codecs."""
+    report = load(name)
+    if report is None:
+        return ""
+    points = next(iter(report["games"].values()))["model"]
+    lines = ["| game | " + " | ".join(f"{p['latent_channels']}:{p['latent_bits']}" for p in points)
+             + " | BD-rate vs WebP | vs JPEG | vs x264 |", "|---|" + "---|" * (len(points) + 3)]
+    for game, entry in report["games"].items():
+        cells = " | ".join(f"{p['latent_bytes']:,.0f} B, {p['psnr']:.2f} dB" for p in entry["model"])
+        bd = entry["bd_rate"]
+        lines.append(f"| {game} | {cells} | {fmt(bd['webp'], '+.1f', '%')} | {fmt(bd['jpeg'], '+.1f', '%')} | "
+                     f"{fmt(bd['x264'], '+.1f', '%')} |")
     return "\n".join(lines)
 
 
@@ -143,4 +205,7 @@ if __name__ == "__main__":
     print(f"## Speed of the default\n\n{speed_table()}\n")
     print(f"## Candidates and ablations\n\n{ablation_table()}\n")
     print(f"## Encoder layer norm over three seeds\n\n{seeds_table()}\n")
-    print(f"## Continual learning\n\n{continual_tables('continual_2k')}")
+    print(f"## Continual learning\n\n{continual_tables('continual_2k')}\n")
+    print(f"## The frozen codec at 5,000 frames\n\n{codec_table(rows('codec_default_5k'))}\n")
+    print(f"## Latent designs\n\n{designs_table()}\n")
+    print(f"## Rate points at 2,000 frames\n\n{rate_table('rate_2k')}")
