@@ -125,6 +125,37 @@ def x264_search(frames: Sequence[np.ndarray], budget: float,
     return best_fitting(quantisers, attempt)
 
 
+def image_at_psnr(frames: Sequence[np.ndarray], target: float, encode: Callable[[np.ndarray, int], bytes],
+                  qualities: Sequence[int]) -> dict | None:
+    """{psnr, bytes, quality} at the worst of `qualities` whose PSNR reaches `target`, or None."""
+    def attempt(quality: int) -> dict | None:
+        encoded = [encode(frame, quality) for frame in frames]
+        value = psnr([decode_image(e) for e in encoded], frames)
+        return {"psnr": value, "bytes": float(np.mean([len(e) for e in encoded])), "quality": quality} \
+            if value >= target else None
+
+    return best_fitting(qualities[::-1], attempt)
+
+
+def x264_at_psnr(frames: Sequence[np.ndarray], target: float,
+                 quantisers: Sequence[int] = X264_QUANTISERS) -> dict | None:
+    """{psnr, bytes (per frame), quality} at the worst quantiser whose PSNR reaches `target`, or None."""
+    def attempt(qp: int) -> dict | None:
+        data = x264(frames, qp)
+        value = psnr(decode_video(data), frames)
+        return {"psnr": value, "bytes": len(data) / len(frames), "quality": qp} if value >= target else None
+
+    return best_fitting(quantisers[::-1], attempt)
+
+
+def bytes_at_psnr(frames: Sequence[np.ndarray], target: float) -> dict:
+    """What each lossy codec needs per frame to reach `target` dB on `frames` (None: it cannot)."""
+    found = {"jpeg": image_at_psnr(frames, target, jpeg, JPEG_QUALITIES),
+             "webp": image_at_psnr(frames, target, webp, WEBP_QUALITIES),
+             "x264": x264_at_psnr(frames, target)}
+    return {f"{name}_bytes_at_frozen_psnr": round(f["bytes"], 1) if f else None for name, f in found.items()}
+
+
 def baseline_fields(frames: Sequence[np.ndarray], budget: float | None) -> dict:
     """The quality row's baseline fields for held-out `frames` at `budget` bytes per frame
     (None: no budget, so only the lossless sizes)."""

@@ -29,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from baselines import baseline_fields, decode_image, decode_video, jpeg, webp, webp_lossless_bytes, x264
+from baselines import (baseline_fields, bytes_at_psnr, decode_image, decode_video, jpeg, webp, webp_lossless_bytes,
+                       x264)
 from baselines import psnr as baseline_psnr
 from continual import (EVAL_EVERY, PROBE_FRAMES, floor_psnr, forgetting_summary, plasticity_metrics, probe_psnrs,
                        scoring)
@@ -238,17 +239,25 @@ def factorised_bound_bytes(codes: list[np.ndarray], alphabet: int) -> float:
 def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict:
     """The model, frozen, as a codec on held-out frames: real bytes from `model.codec()`
     (and from a session without temporal coding, and the factorised bound, to compare),
-    the PSNR of the decoded frames, and what the receiver needs once."""
+    the PSNR of the decoded frames, what the receiver needs once, whether a second
+    session decoded every frame bit-exactly, and the time per frame of each side."""
     decoder_parameters = sum(p.numel() for p in model.decoder.parameters())  # the histogram has none
     batch = torch.from_numpy(np.stack(targets)).permute(0, 3, 1, 2)
     if not model.config.latent_bits:
         return {"frozen_psnr": round(psnr_of(model.evaluate(batch).mean().item()), 2), "latent_bytes": None,
                 "bpp": None, "intra_latent_bytes": None, "factorised_bound_bytes": None,
-                "decoder_parameters": decoder_parameters, "decoder_bytes": 4 * decoder_parameters}
-    temporal, intra = model.codec(), model.codec(temporal=False)
+                "decoder_parameters": decoder_parameters, "decoder_bytes": 4 * decoder_parameters,
+                "bit_exact": None, "encode_ms": None, "decode_ms": None}
+    sender, receiver, intra = model.codec(), model.codec(), model.codec(temporal=False)
     sizes, intra_sizes, errors, codes = [], [], [], []
+    encode_s = decode_s = 0.0
+    bit_exact = True
     for target, x in zip(targets, batch):
-        data, reconstruction = temporal.encode(target)
+        start = time.perf_counter()
+        data, reconstruction = sender.encode(target)
+        encoded = time.perf_counter()
+        bit_exact &= torch.equal(receiver.decode(data), reconstruction)
+        encode_s, decode_s = encode_s + encoded - start, decode_s + time.perf_counter() - encoded
         sizes.append(len(data))
         intra_sizes.append(len(intra.encode(target)[0]))
         errors.append((reconstruction[0].cpu() - x.float() / 255).square().mean().item())
@@ -263,6 +272,9 @@ def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict
         "factorised_bound_bytes": round(factorised_bound_bytes(branches, 2**model.config.latent_bits), 1),
         "decoder_parameters": decoder_parameters,
         "decoder_bytes": 4 * decoder_parameters,
+        "bit_exact": bit_exact,
+        "encode_ms": round(1000 * encode_s / len(targets), 2),
+        "decode_ms": round(1000 * decode_s / len(targets), 2),
     }
 
 
@@ -300,6 +312,7 @@ def quality_run(task: dict) -> dict:
         "floor_psnr": round(psnr_of(floor_mse), 2),
         **codec,
         **(baseline_fields(heldout, budget) if task.get("baselines", True) else {}),
+        **(bytes_at_psnr(heldout, codec["frozen_psnr"]) if task.get("baselines", True) else {}),
         "mse_curve": mses,
     }
 

@@ -32,7 +32,8 @@ def test_speed_reports_every_spec_field():
 
 
 CODEC_FIELDS = {"frozen_psnr", "latent_bytes", "bpp", "decoder_parameters", "decoder_bytes", "jpeg_psnr", "webp_psnr",
-                "x264_psnr", "png_bytes", "webp_lossless_bytes"}
+                "x264_psnr", "png_bytes", "webp_lossless_bytes", "webp_bytes_at_frozen_psnr", "jpeg_bytes_at_frozen_psnr",
+                "x264_bytes_at_frozen_psnr"}
 
 
 def test_quality_rows_codec_fields_and_plot(tmp_path):
@@ -46,6 +47,7 @@ def test_quality_rows_codec_fields_and_plot(tmp_path):
         assert {"psnr", "floor_psnr"} | CODEC_FIELDS <= row.keys()
         assert row["bpp"] == pytest.approx(row["latent_bytes"] * 8 / 224**2, abs=1e-4)
         assert row["decoder_bytes"] == 4 * row["decoder_parameters"] > 0
+        assert row["bit_exact"] is True and row["encode_ms"] > 0 and row["decode_ms"] > 0
         assert row["floor_psnr"] > 10 and row["frozen_psnr"] > 5 and row["png_bytes"] > row["webp_lossless_bytes"] > 0
         for name in ("jpeg", "webp", "x264"):  # null, or a quality whose mean size fits the latent bytes
             assert row[f"{name}_psnr"] is None or row[f"{name}_bytes"] <= row["latent_bytes"]

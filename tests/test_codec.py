@@ -9,7 +9,8 @@ import torch
 
 import bench
 from autoencoder import StreamingAutoEncoder
-from baselines import JPEG_QUALITIES, WEBP_QUALITIES, image_search, jpeg, webp, x264, x264_search
+from baselines import (JPEG_QUALITIES, WEBP_QUALITIES, decode_image, decode_video, image_at_psnr, image_search, jpeg,
+                       psnr, webp, x264, x264_at_psnr, x264_search)
 from conftest import ale_frames
 from model import LatentQuantizer, ModelConfig
 from utils import preprocess_frame
@@ -155,6 +156,19 @@ def test_x264_search_takes_the_best_quantiser_that_fits(tiny_set):
     assert found["quality"] == expected and found["bytes"] == sizes[expected]
     assert found["psnr"] > 20
     assert x264_search(tiny_set, sizes[51] - 1) is None
+
+
+def test_equal_psnr_searches_take_the_worst_quality_that_reaches_it(tiny_set):
+    scores = {q: psnr([decode_image(webp(f, q)) for f in tiny_set], tiny_set) for q in WEBP_QUALITIES}
+    target = scores[40]
+    expected = min(q for q in WEBP_QUALITIES if scores[q] >= target)
+    found = image_at_psnr(tiny_set, target, webp, WEBP_QUALITIES)
+    assert found["quality"] == expected and found["psnr"] >= target
+    assert image_at_psnr(tiny_set, 99.0, webp, WEBP_QUALITIES) is None
+    video = {qp: psnr(decode_video(x264(tiny_set, qp)), tiny_set) for qp in range(52)}
+    target = video[30]
+    found = x264_at_psnr(tiny_set, target)
+    assert found["quality"] == max(qp for qp in range(52) if video[qp] >= target) and found["psnr"] >= target
 
 
 def test_bd_rate_of_a_curve_at_half_the_bits_is_minus_fifty_percent():
