@@ -53,6 +53,7 @@ case "${1:-}" in
     r codec_noise_5k quality --frames 5000 --games Breakout Assault --set latent_noise=True
     r codec_default_5k quality --frames 5000 --plot docs/quality_5k.png
     r rate_2k rate --frames 2000 --plot docs/rate_2k.png
+    r rate_assault_5k rate --frames 5000 --games Assault --jobs 2 --threads 1
     for run in 1 2 3; do
       for set in latent_bits=0 latent_bits=8 latent_noise=True; do
         uv run bench.py speed --set $set --json 2>/dev/null | tail -1 | sed "s/^/$set /" >> "$out/speed_codec_designs.txt"
