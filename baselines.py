@@ -2,11 +2,12 @@
 
 Frames are (224, 224, 3) uint8 RGB, the model's own targets. A lossy codec is judged
 at the best quality whose size fits a byte budget, found by a binary search over the
-quality settings: sizes grow with quality, though WebP's can dip by a few percent
-from one setting to the next, so a better setting that fits past such a dip can be
-missed. Its PSNR is 10 log10(1 / MSE) over all pixels of all frames, in [0, 1], the
-model's definition. JPEG and WebP come from Pillow, x264 from PyAV's libx264 (4:4:4,
-constant quantiser, every byte of the raw H.264 stream counted, headers included).
+quality settings: sizes and PSNR grow with quality, though WebP's can dip a little
+from one setting to the next, so a setting past such a dip can be missed. The search
+promises a setting that fits whose next better one does not. Its PSNR is
+10 log10(1 / MSE) over all pixels of all frames, in [0, 1], the model's definition. JPEG
+and WebP come from Pillow, x264 from PyAV's libx264 (4:4:4, constant quantiser, every
+byte of the raw H.264 stream counted, headers included).
 """
 
 import io

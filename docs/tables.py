@@ -203,7 +203,7 @@ if __name__ == "__main__":
     from bench import plot_quality
 
     sections = [
-        ("The default at 20,000 frames", [r for g in GAMES for r in rows(f"default_20k_{g}")], "quality_20k.png"),
+        ("Float latents at 20,000 frames", [r for g in GAMES for r in rows(f"default_20k_{g}")], "quality_20k.png"),
         ("Optimizers at 5,000 frames", rows("optimizers_5k"), "optimizers_5k.png"),
         ("Other games at 5,000 frames", rows("other_games_5k"), None),
     ]
