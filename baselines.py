@@ -71,16 +71,20 @@ def best_fitting(settings: Sequence[int], attempt: Callable[[int], dict | None])
     return found
 
 
+def image_point(frames: Sequence[np.ndarray], encode: Callable[[np.ndarray, int], bytes], quality: int) -> dict:
+    """{psnr, bytes (mean per frame), quality} of an image codec at one quality setting."""
+    encoded = [encode(frame, quality) for frame in frames]
+    return {"psnr": psnr([decode_image(e) for e in encoded], frames),
+            "bytes": float(np.mean([len(e) for e in encoded])), "quality": quality}
+
+
 def image_search(frames: Sequence[np.ndarray], budget: float, encode: Callable[[np.ndarray, int], bytes],
                  qualities: Sequence[int]) -> dict | None:
     """{psnr, bytes, quality} at the best of `qualities` whose mean size per frame fits
     `budget`, or None when none does."""
     def attempt(quality: int) -> dict | None:
-        encoded = [encode(frame, quality) for frame in frames]
-        size = float(np.mean([len(e) for e in encoded]))
-        if size > budget:
-            return None
-        return {"psnr": psnr([decode_image(e) for e in encoded], frames), "bytes": size, "quality": quality}
+        point = image_point(frames, encode, quality)
+        return point if point["bytes"] <= budget else None
 
     return best_fitting(qualities, attempt)
 
@@ -113,27 +117,27 @@ def decode_video(data: bytes) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
+def x264_point(frames: Sequence[np.ndarray], qp: int, limit: float = float("inf")) -> dict | None:
+    """{psnr, bytes (per frame), quality (the qp)} of x264 at one quantiser, or None past `limit` bytes."""
+    data = x264(frames, qp, limit)
+    if data is None:
+        return None
+    return {"psnr": psnr(decode_video(data), frames), "bytes": len(data) / len(frames), "quality": qp}
+
+
 def x264_search(frames: Sequence[np.ndarray], budget: float,
                 quantisers: Sequence[int] = X264_QUANTISERS) -> dict | None:
     """{psnr, bytes (per frame), quality (the qp)} at the best quantiser whose whole stream
     fits `budget` bytes per frame, or None."""
-    def attempt(qp: int) -> dict | None:
-        data = x264(frames, qp, limit=budget * len(frames))
-        if data is None:
-            return None
-        return {"psnr": psnr(decode_video(data), frames), "bytes": len(data) / len(frames), "quality": qp}
-
-    return best_fitting(quantisers, attempt)
+    return best_fitting(quantisers, lambda qp: x264_point(frames, qp, limit=budget * len(frames)))
 
 
 def image_at_psnr(frames: Sequence[np.ndarray], target: float, encode: Callable[[np.ndarray, int], bytes],
                   qualities: Sequence[int]) -> dict | None:
     """{psnr, bytes, quality} at the worst of `qualities` whose PSNR reaches `target`, or None."""
     def attempt(quality: int) -> dict | None:
-        encoded = [encode(frame, quality) for frame in frames]
-        value = psnr([decode_image(e) for e in encoded], frames)
-        return {"psnr": value, "bytes": float(np.mean([len(e) for e in encoded])), "quality": quality} \
-            if value >= target else None
+        point = image_point(frames, encode, quality)
+        return point if point["psnr"] >= target else None
 
     return best_fitting(qualities[::-1], attempt)
 
@@ -142,9 +146,8 @@ def x264_at_psnr(frames: Sequence[np.ndarray], target: float,
                  quantisers: Sequence[int] = X264_QUANTISERS) -> dict | None:
     """{psnr, bytes (per frame), quality} at the worst quantiser whose PSNR reaches `target`, or None."""
     def attempt(qp: int) -> dict | None:
-        data = x264(frames, qp)
-        value = psnr(decode_video(data), frames)
-        return {"psnr": value, "bytes": len(data) / len(frames), "quality": qp} if value >= target else None
+        point = x264_point(frames, qp)
+        return point if point["psnr"] >= target else None
 
     return best_fitting(quantisers[::-1], attempt)
 

@@ -29,9 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from baselines import (baseline_fields, bytes_at_psnr, decode_image, decode_video, jpeg, webp, webp_lossless_bytes,
-                       x264)
-from baselines import psnr as baseline_psnr
+from baselines import baseline_fields, bytes_at_psnr, image_point, jpeg, webp, webp_lossless_bytes, x264_point
 from continual import (EVAL_EVERY, PROBE_FRAMES, floor_psnr, forgetting_summary, plasticity_metrics, probe_psnrs,
                        scoring)
 from model import ModelConfig
@@ -261,7 +259,7 @@ def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict
         sizes.append(len(data))
         intra_sizes.append(len(intra.encode(target)[0]))
         errors.append((reconstruction[0].cpu() - x.float() / 255).square().mean().item())
-        codes.append([c[0].flatten(1).numpy() for c in model.network.codes(model.as_input(x[None]))])
+        codes.append([p.reshape(p.shape[0], -1).copy() for p in sender.previous])  # this frame's codes
     latent_bytes = float(np.mean(sizes))
     branches = [np.stack([frame[b] for frame in codes]) for b in range(len(codes[0]))]
     return {
@@ -311,8 +309,8 @@ def quality_run(task: dict) -> dict:
         "psnr": round(psnr_of(np.mean(mses[tail_start:])), 2),
         "floor_psnr": round(psnr_of(floor_mse), 2),
         **codec,
-        **(baseline_fields(heldout, budget) if task.get("baselines", True) else {}),
-        **(bytes_at_psnr(heldout, codec["frozen_psnr"]) if task.get("baselines", True) else {}),
+        **({**baseline_fields(heldout, budget), **bytes_at_psnr(heldout, codec["frozen_psnr"])}
+           if task.get("baselines", True) else {}),
         "mse_curve": mses,
     }
 
@@ -389,21 +387,11 @@ X264_CURVE = [51, 45, 39, 33, 27, 21, 15]
 
 def baseline_curves(targets: list[np.ndarray]) -> dict[str, list[dict]]:
     """(bpp, psnr) of JPEG, WebP and x264 over a sweep of quality settings on `targets`."""
-    pixels = FRAME_SIZE * FRAME_SIZE
-    curves = {}
-    for name, (encode, qualities) in CURVE_SETTINGS.items():
-        curves[name] = []
-        for quality in qualities:
-            encoded = [encode(t, quality) for t in targets]
-            size = float(np.mean([len(e) for e in encoded]))
-            curves[name].append({"quality": quality, "bpp": round(size * 8 / pixels, 4),
-                                 "psnr": round(baseline_psnr([decode_image(e) for e in encoded], targets), 2)})
-    curves["x264"] = []
-    for qp in X264_CURVE:
-        data = x264(targets, qp)
-        curves["x264"].append({"quality": qp, "bpp": round(len(data) / len(targets) * 8 / pixels, 4),
-                               "psnr": round(baseline_psnr(decode_video(data), targets), 2)})
-    return curves
+    points = {name: [image_point(targets, encode, q) for q in qualities]
+              for name, (encode, qualities) in CURVE_SETTINGS.items()}
+    points["x264"] = [x264_point(targets, qp) for qp in X264_CURVE]
+    return {name: [{"quality": p["quality"], "bpp": round(p["bytes"] * 8 / (FRAME_SIZE * FRAME_SIZE), 4),
+                    "psnr": round(p["psnr"], 2)} for p in curve] for name, curve in points.items()}
 
 
 def bd_rate(anchor: list[dict], test: list[dict]) -> float | None:
