@@ -11,10 +11,9 @@ from codec import LatentCodec
 from loss import mark_constants_for_compile, reconstruction_loss
 from monitoring import PerformanceMonitor, TensorBoardLogger
 from model import AutoEncoder, Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
-from optim import OPTIMIZERS, make_optimizer, sparse_init_model_
+from optim import MAX_GRAD_NORM, OPTIMIZERS, make_optimizer, sparse_init_model_
+from stacked import StackedAutoEncoder
 from utils import keep_freed_memory, preprocess_frame
-
-MAX_GRAD_NORM = 1.0
 
 
 class StreamingAutoEncoder(nn.Module):
@@ -71,6 +70,12 @@ class StreamingAutoEncoder(nn.Module):
         self.captured_step = CapturedStep(self._train_step) if use_graph else None
         self.performance = PerformanceMonitor()
         self.on_update: list = []
+
+    @staticmethod
+    def stack(models: list["StreamingAutoEncoder"]) -> StackedAutoEncoder:
+        """One K-stream learner from K single-stream ones of one configuration and optimizer
+        (see `stacked.StackedAutoEncoder`); its `unstack()` gives them back."""
+        return StackedAutoEncoder(models)
 
     @property
     def encoder(self) -> Encoder:

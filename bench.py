@@ -51,6 +51,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """`key=value` pairs for ModelConfig (ablations), values parsed as Python literals."""
     import ast
@@ -145,6 +152,38 @@ def count_gflop(config: ModelConfig, optimizer: str, frames: list[np.ndarray], d
     return counter.get_total_flops() / 1e9
 
 
+def stream_rates(args, config: ModelConfig, device: torch.device, single: StreamingAutoEncoder,
+                 frames: list[np.ndarray]) -> dict:
+    """K streams (the default games in turn, each its own seed) in one stacked learner
+    against the single learner, in alternating windows of about the same duration."""
+    models = []
+    for k in range(args.streams):
+        torch.manual_seed(k)
+        models.append(StreamingAutoEncoder(config, optimizer=args.optimizer, device=device))
+    stacked = StreamingAutoEncoder.stack(models)
+    stream_frames = [collect_frames(DEFAULT_GAMES[k % len(DEFAULT_GAMES)], 16, seed=k) for k in range(args.streams)]
+    batches = [[f[i] for f in stream_frames] for i in range(16)]
+    with FlopCounterMode(display=False) as counter:
+        stacked.update_params(batches[0])
+    gflop = counter.get_total_flops() / 1e9
+    for i in range(3):
+        stacked.update_params(batches[i])
+    window = max(3, args.updates // args.streams)
+    single_fps, stacked_fps = [], []
+    for _ in range(args.pairs):
+        single_fps.append(timed_rate(lambda i: single.update_params(frames[i % len(frames)]), args.updates, device, 1))
+        stacked_fps.append(timed_rate(lambda i: stacked.update_params(batches[i % len(batches)]), window, device, 1))
+    update_fps = statistics.median(stacked_fps)
+    return {
+        "update_fps": update_fps,
+        "gflop_per_update": gflop,
+        "streams": args.streams,
+        "stream_updates_per_s": round(args.streams * update_fps, 2),
+        "single_update_fps": round(statistics.median(single_fps), 2),
+        "speedup_vs_single": round(statistics.median(args.streams * k / s for k, s in zip(stacked_fps, single_fps)), 3),
+    }
+
+
 def bench_speed(args) -> dict:
     device = torch.device(args.device)
     config = replace(ModelConfig(), **parse_overrides(args.set))
@@ -162,6 +201,11 @@ def bench_speed(args) -> dict:
         model.update_params(frames[i])
     log("update_params")
     update_fps = timed_rate(lambda i: model.update_params(frames[i % len(frames)]), args.updates, device)
+    streams = {}
+    if args.streams:
+        log(f"{args.streams} stacked streams against the single learner, {args.pairs} pairs of windows")
+        streams = stream_rates(args, config, device, model, frames)
+        update_fps, gflop = streams.pop("update_fps"), streams.pop("gflop_per_update")
 
     log("env")
     env, frame = make_env("Breakout", env_seed(0, 0))
@@ -199,6 +243,7 @@ def bench_speed(args) -> dict:
         "achieved_gflops": round(achieved, 2),
         "matmul_gflops": round(peak, 1),
         "roofline_fraction": round(achieved / peak, 4),
+        **streams,
         "stages_ms": stages,
         "loop_fps_unscored": round(loop_fps_unscored, 2),
         "probe_scoring_ms": round(scoring_s * 1e3, 1),
@@ -276,36 +321,59 @@ def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict
     }
 
 
-def quality_run(task: dict) -> dict:
-    """One (game, optimizer) stream, scored prequentially, then frozen and coded over the
-    next `heldout` frames beside the named codecs; runs in its own process."""
-    torch.set_num_threads(task["threads"])
-    game, optimizer, frames_total = task["game"], task["optimizer"], task["frames"]
-    torch.manual_seed(task["seed"])
-    model = StreamingAutoEncoder(replace(ModelConfig(), **task["overrides"]), optimizer=optimizer, lr=task["lr"])
-    env, frame = make_env(game, env_seed(task["seed"], 0))
+def build_learners(tasks: list[dict]):
+    """Each task's learner, seeded as a lone run seeds it, and the learner that runs them:
+    the single one, or all of them stacked (one update for every stream)."""
+    models = []
+    for task in tasks:
+        torch.manual_seed(task["seed"])
+        models.append(StreamingAutoEncoder(replace(ModelConfig(), **task["overrides"]), optimizer=task["optimizer"],
+                                           lr=task["lr"]))
+    return models, models[0] if len(models) == 1 else StreamingAutoEncoder.stack(models)
+
+
+def quality_pack(tasks: list[dict]) -> list[dict]:
+    """(game, optimizer) streams of one optimizer, learned together and scored
+    prequentially, then each frozen and coded over its next `heldout` frames beside the
+    named codecs; runs in its own process."""
+    torch.set_num_threads(tasks[0]["threads"])
+    frames_total = tasks[0]["frames"]
+    models, learner = build_learners(tasks)
+    envs, frames = zip(*(make_env(task["game"], env_seed(task["seed"], 0)) for task in tasks))
+    frames = list(frames)
     tail_start = frames_total - max(1, frames_total // 10)
-    mses = torch.empty(frames_total, dtype=torch.float64)  # filled in place: a list of 0-d tensors fragments the heap
-    tail_frames = np.empty((frames_total - tail_start, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
-    bar = tqdm(total=frames_total, desc=f"{game}/{optimizer}", file=sys.stderr, mininterval=5, position=task["index"])
+    mses = torch.empty(len(tasks), frames_total, dtype=torch.float64)  # in place: 0-d tensors in a list fragment the heap
+    tail_frames = np.empty((len(tasks), frames_total - tail_start, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
+    label = "+".join(dict.fromkeys(task["game"] for task in tasks))
+    bar = tqdm(total=frames_total, desc=f"{label}/{tasks[0]['optimizer']}", file=sys.stderr, mininterval=5,
+               position=tasks[0]["index"])
     for i in range(frames_total):
-        results = model.update_params(frame)
-        mses[i] = results["mse"]
+        results = learner.update_params(frames if len(tasks) > 1 else frames[0])
+        mses[:, i] = results["mse"]
         if i >= tail_start:
-            tail_frames[i - tail_start] = (results["input"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        frame = next_frame(env)
+            pixels = (results["input"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+            tail_frames[:, i - tail_start] = pixels.numpy()
+        frames = [next_frame(env) for env in envs]
         bar.update()
         if (i + 1) % 500 == 0:
-            bar.set_postfix(psnr=f"{psnr_of(mses[i - 499 : i + 1].mean().item()):.2f}")
+            bar.set_postfix(psnr=f"{psnr_of(mses[:, i - 499 : i + 1].mean().item()):.2f}")
     bar.close()
+    models = learner.unstack() if len(tasks) > 1 else models
+    return [quality_row(task, model, env, frame, mses[k].tolist(), tail_frames[k], tail_start)
+            for k, (task, model, env, frame) in enumerate(zip(tasks, models, envs, frames))]
+
+
+def quality_row(task: dict, model: StreamingAutoEncoder, env, frame: np.ndarray, mses: list[float],
+                tail_frames: np.ndarray, tail_start: int) -> dict:
+    """A learned stream's row: its prequential PSNR and floor, then the frozen codec on the
+    `heldout` frames that follow `frame`, beside the named codecs."""
     heldout = [as_target(frame)] + [as_target(next_frame(env)) for _ in range(task["heldout"] - 1)]
-    mses = mses.tolist()
     targets = tail_frames.astype(np.float64) / 255.0
     floor_mse = np.mean((targets - targets.mean(axis=0)) ** 2)
     codec = frozen_codec(model, heldout)
     budget = codec["latent_bytes"]
     return {
-        "game": game, "optimizer": optimizer, "frames": frames_total, "heldout": len(heldout),
+        "game": task["game"], "optimizer": task["optimizer"], "frames": task["frames"], "heldout": len(heldout),
         "psnr": round(psnr_of(np.mean(mses[tail_start:])), 2),
         "floor_psnr": round(psnr_of(floor_mse), 2),
         **codec,
@@ -347,22 +415,60 @@ def plot_quality(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run_tasks(run, tasks: list[dict], jobs: int) -> list[dict]:
-    """Each task in order, in `jobs` parallel processes when more than one."""
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            return list(pool.map(run, tasks))
-    return [run(t) for t in tasks]
+def packs(tasks: list[dict], streams: int) -> list[list[dict]]:
+    """The tasks in groups of up to `streams` that one stacked learner can run (same
+    optimizer, learning rate and model overrides), each group's first task carrying its progress bar line."""
+    groups: dict[tuple, list[dict]] = {}
+    for task in tasks:
+        key = (task["optimizer"], task["lr"], json.dumps(task["overrides"], sort_keys=True))
+        groups.setdefault(key, []).append(task)
+    chunks = [group[i : i + streams] for group in groups.values() for i in range(0, len(group), streams)]
+    return [[{**task, "index": line} for task in chunk] for line, chunk in enumerate(chunks)]
+
+
+def run_tasks(run, tasks: list[dict], args) -> list[dict]:
+    """Every task's row, in the tasks' order: `run` takes a pack of tasks (`--streams` per
+    pack) and returns their rows; packs run in turn, in `--jobs` processes, or as Ray tasks."""
+    work = packs(tasks, args.streams)
+    if args.ray is not None:
+        done = run_on_ray(run, work, args.ray, tasks[0]["threads"])
+    elif args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(run, work))
+    else:
+        done = [run(pack) for pack in work]
+    rows = {task["id"]: row for pack, pack_rows in zip(work, done) for task, row in zip(pack, pack_rows)}
+    return [rows[task["id"]] for task in tasks]
+
+
+def run_on_ray(run, work: list[list[dict]], address: str, threads: int) -> list[list[dict]]:
+    """The packs as Ray tasks of `threads` CPUs each, on the cluster at `address` ("local":
+    a cluster of this machine, started and stopped here). The code travels as the job's
+    working directory; every node needs the project's dependencies installed."""
+    # Ray would start workers through `uv run` when the driver was (without the ray extra); use this Python
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("bench.py: --ray needs Ray: uv sync --extra ray") from None
+    here = Path(__file__).resolve().parent
+    ray.init(address=address, runtime_env={"working_dir": str(here), "excludes": [".venv", "runs", ".git"]},
+             include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        remote = ray.remote(num_cpus=threads)(run)
+        return ray.get([remote.remote(pack) for pack in work])
+    finally:
+        ray.shutdown()
 
 
 def bench_quality(args) -> dict:
     overrides = parse_overrides(args.set)
     tasks = [
         {"game": g, "optimizer": o, "frames": args.frames, "heldout": args.heldout, "seed": args.seed,
-         "overrides": overrides, "lr": args.lr, "threads": args.threads, "index": i}
+         "overrides": overrides, "lr": args.lr, "threads": args.threads, "id": i}
         for i, (g, o) in enumerate((g, o) for g in args.games for o in args.optimizers)
     ]
-    rows = run_tasks(quality_run, tasks, args.jobs)
+    rows = run_tasks(quality_pack, tasks, args)
     if args.plot:
         plot_quality(rows, args.plot)
         log(f"plot: {args.plot}")
@@ -451,11 +557,11 @@ def bench_rate(args) -> dict:
     points = args.points
     tasks = [
         {"game": g, "optimizer": DEFAULT_OPTIMIZER, "frames": args.frames, "heldout": args.heldout, "seed": args.seed,
-         "overrides": {"latent_channels": c, "latent_bits": b}, "lr": None, "threads": args.threads, "index": i,
+         "overrides": {"latent_channels": c, "latent_bits": b}, "lr": None, "threads": args.threads, "id": i,
          "baselines": False}
         for i, (g, (c, b)) in enumerate((g, p) for g in args.games for p in points)
     ]
-    rows = run_tasks(quality_run, tasks, args.jobs)
+    rows = run_tasks(quality_pack, tasks, args)
     games = {}
     pixels = FRAME_SIZE * FRAME_SIZE
     for game in args.games:
@@ -479,48 +585,63 @@ def bench_rate(args) -> dict:
 
 # continual ----------------------------------------------------------------------------------
 
-def continual_run(task: dict) -> dict:
-    """One (optimizer, seed) stream over the schedule, its probe sets scored at every
-    segment end and every `eval_every` steps; runs in its own process."""
-    torch.set_num_threads(task["threads"])
-    games, switch_every, seed = task["games"], task["switch_every"], task["seed"]
+def continual_pack(tasks: list[dict]) -> list[dict]:
+    """(optimizer, seed) streams of one optimizer over the schedule, learned together, each
+    one's probe sets scored at every segment end and every `eval_every` steps; runs in its
+    own process."""
+    torch.set_num_threads(tasks[0]["threads"])
+    first = tasks[0]
+    games, switch_every = first["games"], first["switch_every"]
     schedule = Schedule(tuple(games), switch_every)
-    total = switch_every * len(games) * task["cycles"]
-    torch.manual_seed(seed)
-    model = StreamingAutoEncoder(replace(ModelConfig(), **task["overrides"]), optimizer=task["optimizer"],
-                                 lr=task["lr"])
-    probes = {g: probe_frames(g, seed, task["probe_frames"]) for g in games}
+    total = switch_every * len(games) * first["cycles"]
+    models, learner = build_learners(tasks)
+    views = models if len(tasks) == 1 else [learner.view(k) for k in range(len(tasks))]
+    probes = [{g: probe_frames(g, task["seed"], task["probe_frames"]) for g in games} for task in tasks]
 
-    def row() -> list[float]:
-        scores = probe_psnrs(model, probes)
+    def row(k: int) -> list[float]:
+        scores = probe_psnrs(views[k], probes[k])
         return [round(scores[g], 3) for g in games]
 
-    initial = row()
-    matrix, curve = [], [(0, initial)]
-    stream = FrameStream(schedule, seed)
-    bar = tqdm(total=total, desc=f"{task['optimizer']}/seed {seed}", file=sys.stderr, mininterval=10,
-               position=task["index"])
+    initial = [row(k) for k in range(len(tasks))]
+    matrices, curves = [[] for _ in tasks], [[(0, scores)] for scores in initial]
+    streams = [FrameStream(schedule, task["seed"]) for task in tasks]
+    seeds = ",".join(str(task["seed"]) for task in tasks)
+    bar = tqdm(total=total, desc=f"{first['optimizer']}/seed {seeds}", file=sys.stderr, mininterval=10,
+               position=first["index"])
     for step in range(1, total + 1):
-        frame, switched = stream.frame_for(step)
-        if switched:
-            model.forget_previous_frame()
-        results = model.update_params(frame)
-        scored = task["eval_every"] and step % task["eval_every"] == 0
+        frames, switched = zip(*(stream.frame_for(step) for stream in streams))
+        if switched[0]:  # one schedule: every stream switches at the same step
+            learner.forget_previous_frame()
+        results = learner.update_params(list(frames) if len(tasks) > 1 else frames[0])
+        scored = first["eval_every"] and step % first["eval_every"] == 0
         if step % switch_every == 0 or scored:
-            scores = row()
-            if step % switch_every == 0:
-                matrix.append(scores)
-            if scored:
-                curve.append((step, scores))
+            for k in range(len(tasks)):
+                scores = row(k)
+                if step % switch_every == 0:
+                    matrices[k].append(scores)
+                if scored:
+                    curves[k].append((step, scores))
         bar.update()
     bar.close()
-    stream.close()
+    for stream in streams:
+        stream.close()
+    segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrices[0]))]
+    if len(tasks) > 1:
+        models = learner.unstack()
+    return [continual_row(task, model, probes[k], matrices[k], initial[k], curves[k], segment_games,
+                          learner.stream_results(results, k) if len(tasks) > 1 else results, schedule.game_at(total))
+            for k, (task, model) in enumerate(zip(tasks, models))]
+
+
+def continual_row(task: dict, model: StreamingAutoEncoder, probes: dict, matrix: list, initial: list, curve: list,
+                  segment_games: list[int], results: dict, last_game: str) -> dict:
+    """A stream's row: its PSNR matrix, forgetting summary and plasticity at the end."""
+    games = task["games"]
     floor = [round(floor_psnr(probes[g]), 3) for g in games]
-    segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrix))]
-    plasticity = plasticity_metrics(model, probes[schedule.game_at(total)], results)
+    plasticity = plasticity_metrics(model, probes[last_game], results)
     summary = forgetting_summary(matrix, segment_games, floor, len(games))
     return {
-        "optimizer": task["optimizer"], "seed": seed, "games": games, "switch_every": switch_every,
+        "optimizer": task["optimizer"], "seed": task["seed"], "games": games, "switch_every": task["switch_every"],
         "cycles": task["cycles"], "psnr_matrix": matrix, "initial": initial, "floor": floor,
         "forgetting": [None if f is None else round(f, 3) for f in summary["forgetting"]],
         "bwt": None if summary["bwt"] is None else round(summary["bwt"], 3),
@@ -565,10 +686,10 @@ def bench_continual(args) -> dict:
     tasks = [
         {"games": args.games, "switch_every": args.switch_every, "cycles": args.cycles, "optimizer": o,
          "seed": s, "lr": args.lr, "overrides": overrides, "eval_every": args.eval_every,
-         "probe_frames": args.probe_frames, "threads": args.threads, "index": i}
+         "probe_frames": args.probe_frames, "threads": args.threads, "id": i}
         for i, (o, s) in enumerate((o, s) for o in args.optimizers for s in args.seeds)
     ]
-    rows = run_tasks(continual_run, tasks, args.jobs)
+    rows = run_tasks(continual_pack, tasks, args)
     if args.plot:
         plot_continual(rows, args.plot)
         log(f"plot: {args.plot}")
@@ -631,6 +752,10 @@ def main() -> None:
                        help="capture each update as one CUDA graph (auto: with --compile on CUDA)")
     speed.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     speed.add_argument("--window", action="store_true", help="also time the loop with the real window on $DISPLAY")
+    speed.add_argument("--streams", type=positive_int, default=0, metavar="K",
+                       help="time K stacked streams against the single learner (update_fps and the FLOPs are "
+                       "then the K-stream update's; the loop and stages stay the single learner's)")
+    speed.add_argument("--pairs", type=positive_int, default=3, help="alternating windows per learner with --streams")
     quality = sub.add_parser("quality", help="prequential PSNR against the mean-frame floor and JPEG")
     quality.add_argument("--frames", type=int, required=True)
     quality.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
@@ -640,8 +765,6 @@ def main() -> None:
     quality.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model after --frames")
     quality.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     quality.add_argument("--plot", help="PNG path for the PSNR-over-frames plot")
-    quality.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
-    quality.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
     quality.add_argument("--curves", action="store_true", help="keep per-frame MSE curves in the JSON")
     rate = sub.add_parser("rate", help="rate-distortion points, JPEG/WebP/x264 curves and BD-rates")
     rate.add_argument("--frames", type=int, required=True, help="frames learned before the codec is frozen")
@@ -652,8 +775,6 @@ def main() -> None:
     rate.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model")
     rate.add_argument("--seed", type=int, default=0)
     rate.add_argument("--plot", help="PNG path for the rate-distortion plot")
-    rate.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
-    rate.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
     continual = sub.add_parser("continual", help="forgetting and plasticity over a schedule of games")
     continual.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
     continual.add_argument("--switch-every", type=int, required=True, help="steps per game")
@@ -666,13 +787,20 @@ def main() -> None:
     continual.add_argument("--probe-frames", type=int, default=PROBE_FRAMES, help="held-out probe frames per game")
     continual.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
     continual.add_argument("--plot", help="PNG path for the probe-PSNR-over-the-stream plot")
-    continual.add_argument("--jobs", type=int, default=1, help="streams run in parallel processes")
-    continual.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per stream")
     continual.add_argument("--curves", action="store_true", help="keep the probe PSNR curves in the JSON")
     soak = sub.add_parser("soak", help="resident memory and TensorBoard disk use over a long run")
     soak.add_argument("--frames", type=int, required=True)
     soak.add_argument("--game", default="Breakout")
     soak.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    for p in (quality, rate, continual):
+        p.add_argument("--streams", type=positive_int, default=1, metavar="K",
+                       help="streams per stacked learner: tasks of one optimizer learn K at a time in one update")
+        p.add_argument("--jobs", type=positive_int, default=1, help="stacked learners run in parallel processes")
+        p.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
+                       help="torch threads per process (per Ray task with --ray)")
+        p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run the stacked learners as Ray tasks on the cluster at ADDRESS (auto, ray://host:port); "
+                       "alone: on a local cluster")
     for p in (speed, quality, rate, continual, soak):
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = parser.parse_args()

@@ -101,7 +101,8 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, stride: int):
 
 
 class ReconstructionLoss(torch.autograd.Function):
-    """The whole training loss with a hand-written backward; outputs (loss, mse, l1, ssim).
+    """The whole training loss of each image with a hand-written backward; outputs
+    (loss, mse, l1, ssim), each (N,), one value per image.
 
     Only the loss is differentiable, with respect to the reconstruction. On a CPU each
     full-resolution pass costs more than its arithmetic, so this keeps them few: the
@@ -116,23 +117,26 @@ class ReconstructionLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, reconstruction, target, pixel_weight):
-        count = reconstruction.numel()
+        n, channels = reconstruction.shape[:2]
+        count = reconstruction[0].numel()  # values per image
         error = reconstruction - target
-        flat_error = _pixels(error).reshape(-1)
-        absolute = flat_error.abs()
-        mse, l1 = flat_error.dot(flat_error) / count, absolute.sum() / count
+        error_pixels = _pixels(error).reshape(n, -1)
+        absolute = error_pixels.abs()
+        mse = torch.linalg.vector_norm(error_pixels, dim=1).square() / count
+        l1 = absolute.sum(1) / count
         if pixel_weight is None:
             weight_mean = None
             pixel_terms = MSE_WEIGHT * mse + L1_WEIGHT * l1
-        else:  # normalised to mean 1: sum over pixels of w * (MSE_WEIGHT * e^2 + L1_WEIGHT * |e|), per channel
-            weight_mean = pixel_weight.mean()
+        else:  # normalised to mean 1 per image: sum over pixels of w * (MSE_WEIGHT * e^2 + L1_WEIGHT * |e|)
+            weights = pixel_weight.reshape(n, -1, 1)
+            weight_mean = weights.mean((1, 2))
             per_value = torch.addcmul(absolute * L1_WEIGHT, absolute, absolute, value=MSE_WEIGHT)
-            per_channel = per_value.view(-1, reconstruction.shape[1]).T @ pixel_weight.reshape(-1)
-            pixel_terms = per_channel.sum() / (count * weight_mean)
+            per_channel = per_value.view(n, -1, channels).mT @ weights  # (N, C, 1)
+            pixel_terms = per_channel.sum((1, 2)) / (count * weight_mean)
 
         x, y = luma(reconstruction), luma(target)
         stats, ssim_map, factors = _ssim_terms(x, y, SSIM_STRIDE)
-        similarity = ssim_map.mean()
+        similarity = ssim_map.mean((1, 2))
         loss = pixel_terms + SSIM_WEIGHT * (1 - similarity)
 
         ctx.save_for_backward(error, pixel_weight, weight_mean, x, y, stats[0], stats[1], ssim_map, *factors)
@@ -143,43 +147,45 @@ class ReconstructionLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_mse, _grad_l1, _grad_ssim):
         error, pixel_weight, weight_mean, x, y, mu_x, mu_y, ssim_map, n1, n2, d1, d2 = ctx.saved_tensors
-        # SSIM: partial derivatives of the mean map in mu_x, E[x^2] and E[xy], blurred back to pixels
-        scale = grad * (-SSIM_WEIGHT / ssim_map.numel())
+        n, c, h, w = error.shape
+        # SSIM: partial derivatives of each mean map in mu_x, E[x^2] and E[xy], blurred back to pixels
+        scale = grad.view(n, 1, 1) * (-SSIM_WEIGHT / ssim_map[0].numel())
         inverse = 1 / (d1 * d2)
         d_mu = 2 * mu_y * (n2 - n1) * inverse - 2 * mu_x * ssim_map * (1 / d1 - 1 / d2)
         d_xx = -ssim_map / d2
         d_xy = 2 * n1 * inverse
-        partials = torch.cat([d_mu, d_xx, d_xy]) * scale  # (3N, W', H'): transposed, like the blurred maps
+        partials = torch.stack([d_mu, d_xx, d_xy]) * scale  # (3, N, W', H'): transposed, like the blurred maps
         along_h, along_w = _blur_pair(x.shape[-2:], SSIM_STRIDE, x)
-        back = (along_h @ partials.mT @ along_w.T).unflatten(0, (3, -1)).unsqueeze(2)  # (3, N, 1, H, W)
+        back = (along_h @ partials.mT @ along_w.T).unsqueeze(2)  # (3, N, 1, H, W)
         grad_luma = torch.addcmul(back[0], x, back[1], value=2).addcmul_(y, back[2])
         # MSE and L1: w * (2 * MSE_WEIGHT * e + L1_WEIGHT * sign(e)) / count, per pixel weight w
-        pixel_scale = grad * (L1_WEIGHT / error.numel())
+        pixel_scale = (grad * (L1_WEIGHT / error[0].numel())).view(n, 1, 1)
         if pixel_weight is not None:
-            pixel_scale = (pixel_weight.reshape(-1, 1) / weight_mean) * pixel_scale
-        error_pixels = _pixels(error)
+            pixel_scale = (pixel_weight.reshape(n, -1, 1) / weight_mean.view(n, 1, 1)) * pixel_scale
+        error_pixels = _pixels(error).reshape(n, -1, c)
         grad_error = error_pixels.sign().add_(error_pixels, alpha=2 * MSE_WEIGHT / L1_WEIGHT)
         luma_weights = _luma_weights(error.device, error.dtype)
-        grad_pixels = torch.addcmul(grad_luma.reshape(-1, 1) * luma_weights, grad_error, pixel_scale)
-        n, c, h, w = error.shape
+        grad_pixels = torch.addcmul(grad_luma.reshape(n, -1, 1) * luma_weights, grad_error, pixel_scale)
         grad_image = grad_pixels.view(n, h, w, c).permute(0, 3, 1, 2)  # channels_last
         return (grad_image if ctx.channels_last else grad_image.contiguous()), None, None
 
 
 def reconstruction_loss(
-    reconstruction: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None
+    reconstruction: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None,
+    per_image: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """The training loss and its parts, all 0-d tensors.
+    """The training loss and its parts: 0-d tensors, the mean over the N images, or with
+    `per_image` (N,) tensors, each image's own (K streams learn from one image each).
 
     SSIM is taken on the luma (Y) channel, as video codecs report it, and averaged
     over every 2nd window position in each direction: a twelfth of the window
     positions of dense per-channel SSIM, while MSE and L1 keep colour exact.
     `mse`, `l1` and `ssim` are always the plain image metrics. `pixel_weight`
     (N, 1, H, W), if given, reweights the MSE and L1 terms of `loss` only (the
-    change detector's emphasis on moving pixels); it is normalised to mean 1.
+    change detector's emphasis on moving pixels); it is normalised to mean 1 per image.
     The target gets no gradient.
     """
     if pixel_weight is not None:
         pixel_weight = pixel_weight.to(reconstruction.dtype)
-    loss, mse, l1, similarity = ReconstructionLoss.apply(reconstruction, target.detach(), pixel_weight)
-    return {"loss": loss, "mse": mse, "l1": l1, "ssim": similarity}
+    parts = ReconstructionLoss.apply(reconstruction, target.detach(), pixel_weight)
+    return dict(zip(("loss", "mse", "l1", "ssim"), parts if per_image else (p.mean() for p in parts)))

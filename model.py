@@ -126,7 +126,7 @@ class TransformerBlock(nn.Module):
 class PixelChangeDetector(nn.Module):
     """Change mask from |frame_t - frame_t-1| with an adaptive threshold.
 
-    The threshold is mean + `sensitivity` * std of the current difference map,
+    The threshold is mean + `sensitivity` * std of each frame's difference map,
     floored at `min_threshold` so sensor-free Atari frames with no motion give an
     empty mask. It keeps the previous frame as a buffer; the first frame has no
     change. Everything stays on the device (no host sync).
@@ -143,7 +143,9 @@ class PixelChangeDetector(nn.Module):
             self.previous = frame.detach().clone()
         diff = compute_frame_difference(frame, self.previous)
         self.previous.copy_(frame.detach())  # in place: a captured CUDA graph reads this very buffer
-        threshold = torch.clamp(diff.mean() + self.sensitivity * diff.std(), min=self.min_threshold)
+        per_image = diff.flatten(1)  # one threshold per frame: K streams are K frames of a batch
+        spread = per_image.mean(1) + self.sensitivity * per_image.std(1)
+        threshold = torch.clamp(spread, min=self.min_threshold).view(-1, 1, 1, 1)
         return (diff > threshold).to(frame.dtype)
 
 
@@ -230,8 +232,8 @@ class LatentQuantizer(nn.Module):
         return self._scaled(z).round_().long()
 
     def values(self, codes: torch.Tensor) -> torch.Tensor:
-        """The latent value the decoder sees for each code (or scaled value)."""
-        return codes.float().mul(2 / self.top).sub_(1.0)
+        """The latent value the decoder sees for each code (or scaled value, in its own dtype)."""
+        return (codes if codes.is_floating_point() else codes.float()).mul(2 / self.top).sub_(1.0)
 
 
 class ReachableSigmoid(torch.autograd.Function):

@@ -17,6 +17,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+MAX_GRAD_NORM = 1.0  # every update's gradient is clipped to this L2 norm
+
 
 def _on_device(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device, made by a fill kernel: no host-to-device copy,
@@ -238,12 +240,126 @@ class StreamingSGD(_LearningRateStep, torch.optim.SGD):
         super().__init__(params, lr=lr, fused=True)
 
 
+class StreamsOptimizer:
+    """One optimizer rule for K streams at once, each stream's state its own.
+
+    Row k of the (K, P) parameter (and of its gradient) is stream k's whole model, laid out
+    as a single-stream learner's flat buffer, so a stream's state vectors are rows too.
+    `update(loss, finite)` gets (K,) losses and flags and returns (K,) step sizes; every
+    reduction is per row. Built from the K single-stream optimizers' state dicts;
+    `state_dict_of(k, template)` gives stream k's back, in the single optimizer's format
+    (`template`: a fresh one's `state_dict()`).
+    """
+
+    vectors: tuple[str, ...] = ()  # per-parameter state, one row per stream
+
+    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
+        self.param, self.hyper = param, hyper
+        for name in self.vectors:
+            rows = [s["state"].get(0, {}).get(name) for s in states]
+            setattr(self, name, torch.stack([torch.zeros_like(param[0]) if r is None else r.to(param) for r in rows]))
+
+    def state_dict_of(self, k: int, template: dict) -> dict:
+        state = {name: getattr(self, name)[k].clone() for name in self.vectors}
+        return {"state": {0: state} if state else {}, "param_groups": template["param_groups"]}
+
+
+class StreamsObGD(StreamsOptimizer):
+    """`ObGD` per stream: stream k's trace, and its global bound over its own parameters."""
+
+    vectors = ("trace",)
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        h, delta = self.hyper, finite.to(self.param.dtype)  # max(|delta|, 1) = 1 for delta in {0, 1}
+        self.trace.mul_(h["gamma"] * h["lamda"]).add_(self.param.grad)
+        step_size = h["lr"] / torch.clamp(h["lr"] * h["kappa"] * self.trace.abs().sum(1), min=1.0)
+        self.param.sub_(self.trace * (step_size * delta)[:, None])
+        return step_size
+
+
+class StreamsAdaptiveObGD(StreamsOptimizer):
+    """`AdaptiveObGD` per stream: its own trace, RMS, count and overshoot bound."""
+
+    vectors = ("trace", "v")
+
+    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
+        super().__init__(param, hyper, states)
+        self.count = torch.tensor([float(s["param_groups"][0]["count"]) for s in states], dtype=torch.float64,
+                                  device=param.device)
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        h, grad = self.hyper, self.param.grad
+        self.count.add_(1)
+        self.trace.mul_(h["gamma"] * h["lamda"]).add_(grad)
+        scaled = self.trace * finite.to(grad.dtype)[:, None]
+        self.v.mul_(h["beta2"]).addcmul_(scaled, scaled, value=1 - h["beta2"])
+        correction = (1 - torch.pow(h["beta2"], self.count)).to(grad.dtype)[:, None]
+        direction = scaled / (self.v / correction).sqrt_().add_(h["eps"])
+        effect = (grad * direction).sum(1).abs()
+        bound = h["lr"] * h["kappa"] * effect / torch.clamp(torch.where(finite, loss, 0.0), min=1e-12)
+        step_size = h["lr"] / torch.clamp(bound, min=1.0)
+        self.param.sub_(direction * step_size[:, None])
+        return step_size
+
+    def state_dict_of(self, k: int, template: dict) -> dict:
+        saved = super().state_dict_of(k, template)
+        saved["param_groups"] = [{**template["param_groups"][0], "count": float(self.count[k])}]
+        return saved
+
+
+class StreamsAdam(StreamsOptimizer):
+    """torch.optim.Adam's rule per stream (no weight decay); a skipped stream keeps its
+    moments and its step count, as fused Adam's `found_inf` does."""
+
+    vectors = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
+        super().__init__(param, hyper, states)
+        self.steps = torch.tensor([float(s["state"].get(0, {}).get("step", 0)) for s in states], device=param.device)
+        self.lr = param.new_full((len(states),), hyper["lr"])
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        (beta1, beta2), grad, taken = self.hyper["betas"], self.param.grad, finite.to(self.param.dtype)
+        self.steps.add_(taken)
+        self.exp_avg.lerp_(grad, ((1 - beta1) * taken)[:, None])
+        self.exp_avg_sq.lerp_(grad * grad, ((1 - beta2) * taken)[:, None])
+        steps = self.steps.clamp(min=1)  # a stream that never stepped has zero moments: no step either way
+        denominator = (self.exp_avg_sq.sqrt() / (1 - torch.pow(beta2, steps)).sqrt()[:, None]).add_(self.hyper["eps"])
+        step_size = self.lr / (1 - torch.pow(beta1, steps)) * taken
+        self.param.sub_(self.exp_avg / denominator * step_size[:, None])
+        return self.lr
+
+    def state_dict_of(self, k: int, template: dict) -> dict:
+        if not self.steps[k]:
+            return {"state": {}, "param_groups": template["param_groups"]}
+        saved = super().state_dict_of(k, template)
+        saved["state"][0]["step"] = self.steps[k].clone()
+        return saved
+
+
+class StreamsSGD(StreamsOptimizer):
+    """Plain SGD per stream (a skipped stream's gradient is already zero)."""
+
+    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
+        super().__init__(param, hyper, states)
+        self.lr = param.new_full((len(states),), hyper["lr"])
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        self.param.sub_(self.param.grad * self.hyper["lr"])
+        return self.lr
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     build: Callable[..., StreamingOptimizer]
     default_lr: float
     summary: str
     capture_kwargs: dict = field(default_factory=dict)  # extra constructor arguments under a CUDA graph
+    streams: type[StreamsOptimizer] | None = None  # the same rule for K stacked streams
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -251,16 +367,19 @@ DEFAULT_OPTIMIZER = "obgd-adaptive"  # measured better than the reference rule (
 
 
 def register_optimizer(name: str, build: Callable[..., StreamingOptimizer], default_lr: float, summary: str,
-                       capture_kwargs: dict | None = None) -> None:
-    """Make `build(params, lr=...)` available to the learner, `--optimizer` and bench.py as `name`."""
-    OPTIMIZERS[name] = OptimizerSpec(build, default_lr, summary, capture_kwargs or {})
+                       capture_kwargs: dict | None = None, streams: type[StreamsOptimizer] | None = None) -> None:
+    """Make `build(params, lr=...)` available to the learner, `--optimizer` and bench.py as `name`;
+    `streams`, its `StreamsOptimizer`, lets learners using it be stacked."""
+    OPTIMIZERS[name] = OptimizerSpec(build, default_lr, summary, capture_kwargs or {}, streams)
 
 
-register_optimizer("obgd", ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)")
+register_optimizer("obgd", ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)", streams=StreamsObGD)
 register_optimizer("obgd-adaptive", AdaptiveObGD, 1e-3,
-                   "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease")
-register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", {"capturable": True})
-register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)")
+                   "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease",
+                   streams=StreamsAdaptiveObGD)
+register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", {"capturable": True},
+                   streams=StreamsAdam)
+register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)", streams=StreamsSGD)
 
 
 def make_optimizer(name: str, params, lr: float, capturable: bool = False) -> StreamingOptimizer:

@@ -22,7 +22,10 @@ def run_bench(*args: str, cwd=ROOT) -> dict:
 
 
 def test_speed_reports_every_spec_field():
-    report = run_bench("speed", "--updates", "3")
+    report = run_bench("speed", "--updates", "4", "--streams", "2", "--pairs", "1")
+    assert report["streams"] == 2
+    assert report["stream_updates_per_s"] == pytest.approx(2 * report["update_fps"], rel=0.01)
+    assert report["single_update_fps"] > 0 and report["speedup_vs_single"] > 0
     assert {"device", "threads", "update_fps", "loop_fps", "env_fps", "gflop_per_update", "achieved_gflops",
             "matmul_gflops", "roofline_fraction", "stages_ms"} <= report.keys()
     assert set(report["stages_ms"]) == {"env", "preprocess", "forward", "backward", "optimizer", "logging"}
@@ -103,3 +106,38 @@ def test_continual_rows_matrix_summary_and_plot(tmp_path):
         assert len(row["segment_gain"]) == 4
         assert {"upgd", "dormant_fraction", "effective_rank", "weight_l2", "grad_l2"} == row["plasticity"].keys()
     assert cv2.imread(str(plot)) is not None
+
+
+def quality_psnrs(report: dict) -> list[tuple]:
+    return [(r["game"], r["psnr"], r["floor_psnr"], r["frozen_psnr"]) for r in report["results"]]
+
+
+def assert_rows_within(ours: list[tuple], theirs: list[tuple], db: float = 0.05) -> None:
+    assert [row[0] for row in ours] == [row[0] for row in theirs]
+    for a, b in zip(ours, theirs):
+        assert a[1:] == pytest.approx(b[1:], abs=db), (a, b)
+
+
+QUALITY = ("quality", "--frames", "20", "--games", "Breakout", "Pacman", "Assault", "--heldout", "3")
+
+
+def test_packed_quality_rows_equal_the_unpacked_ones_locally_and_on_ray():
+    """Three games in one stacked learner of two streams and one of one, against three lone
+    runs; then the same packs as Ray tasks on a local cluster."""
+    alone, packed = run_bench(*QUALITY), run_bench(*QUALITY, "--streams", "2")
+    assert_rows_within(quality_psnrs(packed), quality_psnrs(alone))
+    assert [r["latent_bytes"] for r in packed["results"]] == pytest.approx(
+        [r["latent_bytes"] for r in alone["results"]], rel=0.02)
+    pytest.importorskip("ray")
+    assert_rows_within(quality_psnrs(run_bench(*QUALITY, "--streams", "2", "--ray")), quality_psnrs(packed))
+
+
+def test_packed_continual_rows_equal_the_unpacked_ones():
+    args = ("continual", "--games", "Breakout", "Pacman", "--switch-every", "6", "--cycles", "1", "--seeds", "0", "1",
+            "--optimizers", "obgd", "adam", "--probe-frames", "3", "--eval-every", "0")
+    alone, packed = run_bench(*args), run_bench(*args, "--streams", "2")
+    assert [(r["optimizer"], r["seed"]) for r in packed["results"]] == [(o, s) for o in ("obgd", "adam") for s in (0, 1)]
+    for ours, theirs in zip(packed["results"], alone["results"]):
+        for mine, lone in zip(ours["psnr_matrix"] + [ours["initial"]], theirs["psnr_matrix"] + [theirs["initial"]]):
+            assert mine == pytest.approx(lone, abs=0.05)
+        assert ours["plasticity"]["weight_l2"] == pytest.approx(theirs["plasticity"]["weight_l2"], rel=1e-3)

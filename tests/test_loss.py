@@ -65,11 +65,14 @@ def test_pixel_weight_reweights_the_loss_but_not_the_metrics():
 
 
 def _autograd_loss(x, y, weight):
-    """The training loss as plain formulas, for autograd: the fused Function's reference."""
-    error = x - y
-    w = weight / weight.mean() if weight is not None else torch.ones_like(error)
-    reference = (w * error.square()).mean() + 0.5 * (w * error.abs()).mean()
-    return reference + 0.1 * (1 - ssim(luma(x), luma(y), stride=SSIM_STRIDE))
+    """The training loss of each image as plain formulas, for autograd: the fused Function's reference."""
+    losses = []
+    for i in range(x.shape[0]):
+        error = x[i : i + 1] - y[i : i + 1]
+        w = weight[i : i + 1] / weight[i : i + 1].mean() if weight is not None else torch.ones_like(error)
+        reference = (w * error.square()).mean() + 0.5 * (w * error.abs()).mean()
+        losses.append(reference + 0.1 * (1 - ssim(luma(x[i : i + 1]), luma(y[i : i + 1]), stride=SSIM_STRIDE)))
+    return torch.stack(losses)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -83,10 +86,29 @@ def test_fused_loss_gradient_matches_autograd(weighted, images, memory_format):
     parts = reconstruction_loss(x, y, weight)
     (ours,) = torch.autograd.grad(parts["loss"], x)
     reference = _autograd_loss(x, y, weight)
-    (expected,) = torch.autograd.grad(reference, x)
-    assert parts["loss"].item() == pytest.approx(reference.item(), rel=1e-12)
+    (expected,) = torch.autograd.grad(reference.mean(), x)
+    assert parts["loss"].item() == pytest.approx(reference.mean().item(), rel=1e-12)
     assert torch.allclose(ours, expected, rtol=1e-10, atol=1e-14)
     assert ours.is_contiguous(memory_format=memory_format)  # mixed layouts slow every later op of the backward
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_per_image_loss_is_each_images_own_loss_and_gradient(weighted):
+    """K streams learn from one image each: the loss of image i, and its gradient, must not
+    depend on the other images (the pixel weights normalised within each image)."""
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64).requires_grad_()
+    y = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    weight = 1 + 4.0 * (torch.rand(3, 1, 32, 32, dtype=torch.float64) > 0.8).double() if weighted else None
+    parts = reconstruction_loss(x, y, weight, per_image=True)
+    assert parts["loss"].shape == parts["mse"].shape == parts["ssim"].shape == (3,)
+    (ours,) = torch.autograd.grad(parts["loss"].sum(), x)
+    for i in range(3):
+        alone = x[i : i + 1].detach().requires_grad_()
+        single = reconstruction_loss(alone, y[i : i + 1], None if weight is None else weight[i : i + 1])
+        for key in ("loss", "mse", "l1", "ssim"):
+            assert parts[key][i].item() == pytest.approx(single[key].item(), rel=1e-12)
+        torch.testing.assert_close(ours[i : i + 1], torch.autograd.grad(single["loss"], alone)[0], rtol=1e-10, atol=1e-14)
 
 
 def test_fused_loss_traces_into_one_graph_for_torch_compile():

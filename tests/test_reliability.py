@@ -58,7 +58,7 @@ def test_a_double_ctrl_c_never_breaks_the_save(tmp_path):
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     checkpoint = tmp_path / "quick_demo_model.pth"
     last = 0
-    for delay in (0.5, 1.7, 3.1):
+    for delay in (0.5, 2.3):
         process = start_main([*HEADLESS, "--save-every", "1"], tmp_path)
         assert _started(process)
         wait_for(lambda: checkpoint.exists() and checkpoint_step(checkpoint) > last, 60)
