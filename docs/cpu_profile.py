@@ -1,6 +1,6 @@
 """The CPU microbenchmarks behind docs/BENCHMARKS.md's speed analysis.
 
-    uv run docs/cpu_profile.py [layout|convs|ssim|loss|threads|ops|candidates ...]   (all when none given)
+    uv run docs/cpu_profile.py [layout|convs|ssim|loss|threads|ops|candidates|streams ...]   (all when none given)
 
 Each section prints plain lines of microseconds or milliseconds per call (median of
 repeated calls, after a warm-up). Run it on an otherwise idle machine.
@@ -151,12 +151,11 @@ def threads() -> None:
         print(f"threads: {name}: fastest window {min(values):.1f} ms, median {statistics.median(values):.1f} ms per update")
 
 
-def ops() -> None:
-    """Milliseconds per update by kind of op, timed one aten op at a time over 20 updates."""
-    frames = collect_frames("Breakout", 30)
-    model = StreamingAutoEncoder()
-    for frame in frames[:10]:
-        model.update_params(frame)
+def op_times(model, inputs: list) -> dict[str, tuple[float, float]]:
+    """(ms, ops) per update of `model` by kind of op, timed one aten op at a time over `inputs`
+    after ten warm-up updates."""
+    for x in inputs[:10]:
+        model.update_params(x)
     totals, counts = collections.Counter(), collections.Counter()
 
     class Timer(TorchDispatchMode):
@@ -170,10 +169,43 @@ def ops() -> None:
             return out
 
     with Timer():
-        for frame in frames[10:]:
-            model.update_params(frame)
-    for kind in totals:
-        print(f"ops: {kind}: {totals[kind] / 20 * 1e3:.1f} ms and {counts[kind] / 20:.0f} ops per update")
+        for x in inputs[10:]:
+            model.update_params(x)
+    updates = len(inputs) - 10
+    return {kind: (totals[kind] / updates * 1e3, counts[kind] / updates) for kind in totals}
+
+
+def ops() -> None:
+    """Milliseconds per update by kind of op, timed one aten op at a time over 20 updates."""
+    for kind, (ms, count) in op_times(StreamingAutoEncoder(), collect_frames("Breakout", 30)).items():
+        print(f"ops: {kind}: {ms:.1f} ms and {count:.0f} ops per update")
+
+
+def streams(count: int = 8) -> None:
+    """K stacked streams against one: the first layer (frames in, no input gradient) as one grouped
+    convolution or K of batch 1, and each kind of op's milliseconds per stream-update."""
+    frames = torch.rand(count, 3, 224, 224)
+    for kernel in (3, 5, 7):
+        weight = torch.randn(count, 8, 3, kernel, kernel, requires_grad=True)
+
+        def grouped():
+            F.conv2d(frames.reshape(1, -1, 224, 224), weight.flatten(0, 1), stride=2, groups=count).sum().backward()
+
+        def one_by_one():
+            x = frames.contiguous(memory_format=CL)
+            torch.cat([F.conv2d(x[k : k + 1], weight[k], stride=2) for k in range(count)]).sum().backward()
+
+        print(f"streams: first layer {kernel}x{kernel}, {count} streams, forward and backward: grouped "
+              f"{us_per_call(grouped, 20) / 1e3:.1f} ms, {count} of batch 1 {us_per_call(one_by_one, 20) / 1e3:.1f} ms")
+    games = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
+    per_stream = [collect_frames(games[k % len(games)], 30, seed=k) for k in range(count)]
+    stacked = StreamingAutoEncoder.stack([StreamingAutoEncoder() for _ in range(count)])
+    alone = op_times(StreamingAutoEncoder(), per_stream[0])
+    together = op_times(stacked, [[f[i] for f in per_stream] for i in range(30)])
+    for kind in alone:
+        print(f"streams: {kind}: one stream {alone[kind][0]:.1f} ms and {alone[kind][1]:.0f} ops per update, "
+              f"{count} stacked {together[kind][0] / count:.1f} ms per stream-update and "
+              f"{together[kind][1]:.0f} ops per update")
 
 
 def windows_taking_turns(models: dict, frames: list, rounds: int, window: int = 15) -> dict[str, list[float]]:
@@ -256,6 +288,6 @@ def candidates() -> None:
 if __name__ == "__main__":
     keep_freed_memory()
     sections = {"layout": layout, "convs": convs, "ssim": ssim_blur, "loss": loss, "threads": threads, "ops": ops,
-                "candidates": candidates}
+                "candidates": candidates, "streams": streams}
     for name in sys.argv[1:] or sections:
         sections[name]()
