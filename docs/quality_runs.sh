@@ -3,7 +3,7 @@
 # (the JSON line of `bench.py ... --json`) and its progress to <name>.log.
 # Quality runs use one torch thread per stream. Lanes a and b run side by side (the seeds
 # lane before them), then the soak, then the speed lane on the otherwise idle machine; the
-# continual lane runs two one-thread streams side by side.
+# continual lane runs two one-thread processes side by side; the streams lane needs the idle machine.
 set -u
 cd "$(dirname "$0")/.."
 out=docs/results
@@ -43,10 +43,6 @@ case "${1:-}" in
     uv run docs/cpu_profile.py > "$out/cpu_profile.txt" ;;
   compile)  # last run at commit 9e0dc86, with branch_heads=True encoder_widths=8,16 encoder_layer_norm=True
     s speed_compile --compile ;;
-  continual)
-    uv run bench.py continual --games Breakout Assault SpaceInvaders Pacman Asteroids --switch-every 2000 --cycles 2 \
-      --optimizers obgd obgd-adaptive adam sgd --seeds 0 1 --jobs 2 --threads 1 --eval-every 500 \
-      --plot docs/continual_2k.png --json 2>"$out/continual_2k.log" | tail -1 > "$out/continual_2k.json" ;;
   codec)  # real bytes: the default, float latents and noise training, then the rate points, then their speed
     r() { local name=$1; shift; uv run bench.py "$@" --json 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
     r codec_float_5k quality --frames 5000 --games Breakout Assault --set latent_bits=0
@@ -59,7 +55,22 @@ case "${1:-}" in
         uv run bench.py speed --set $set --json 2>/dev/null | tail -1 | sed "s/^/$set /" >> "$out/speed_codec_designs.txt"
       done
     done ;;
+  streams)  # stacked streams: the speed table, exactness, packed rows against lone ones, the profile
+    rm -f "$out/speed_streams.jsonl"
+    for k in 1 2 4 8 16 32; do
+      uv run bench.py speed --streams $k --updates 40 --json 2>/dev/null | tail -1 >> "$out/speed_streams.jsonl"
+    done
+    uv run docs/stream_exactness.py > "$out/stream_exactness.txt"
+    r() { local name=$1; shift; uv run bench.py "$@" --json 2>"$out/$name.log" | tail -1 > "$out/$name.json"; }
+    r packing_300_alone quality --frames 300 --games Breakout Assault SpaceInvaders Pacman --heldout 30
+    r packing_300_packed quality --frames 300 --games Breakout Assault SpaceInvaders Pacman --heldout 30 --streams 4
+    r packing_300_one_thread quality --frames 300 --games Breakout Assault SpaceInvaders Pacman --heldout 30 --threads 1
+    uv run docs/cpu_profile.py streams > "$out/cpu_profile_streams.txt" ;;
+  continual)  # the five games, 5,000 frames each, four optimizers, three seeds packed three to a learner
+    uv run bench.py continual --games Breakout Assault SpaceInvaders Pacman Asteroids --switch-every 5000 --cycles 1 \
+      --optimizers obgd obgd-adaptive adam sgd --seeds 0 1 2 --streams 3 --jobs 2 --threads 1 --eval-every 2500 \
+      --plot docs/continual_5k.png --json 2>"$out/continual_5k.log" | tail -1 > "$out/continual_5k.json" ;;
   soak)
     uv run bench.py soak --frames 5000 --threads 1 --json 2>"$out/soak_5k.log" | tail -1 > "$out/soak_5k.json" ;;
-  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|continual|codec|soak" >&2; exit 2 ;;
+  *) echo "usage: bash docs/quality_runs.sh a|b|seeds|ablations|c|speed|compile|continual|codec|streams|soak" >&2; exit 2 ;;
 esac
