@@ -61,6 +61,26 @@ def test_one_stacked_update_is_each_streams_own_update_in_float32(game_frames, o
         assert int(ours["step"]) == alone["step"] == 2
 
 
+def test_every_optional_layer_stacks(game_frames):
+    """Attention and its linear layers, the residual block, branch heads, encoder layer norm,
+    in float64 (in float32 a first adaptive step moves each weight by about lr whichever
+    sign its tiny gradient rounds to)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        config = ModelConfig(latent_bits=0, use_transformer=True, use_residual=True, branch_heads=True,
+                             encoder_layer_norm=True)
+        singles, stacked = singles_and_stack(config, "obgd-adaptive", count=2)
+        for step in range(2):
+            frames = inputs(game_frames, step, torch.float64)[:2]
+            expected = [model.update_params(x) for model, x in zip(singles, frames)]
+            results = stacked.update_params(torch.cat(frames))
+        for k, (model, alone) in enumerate(zip(singles, expected)):
+            assert relative(stacked.flat_params[k], model.flat_params) < 1e-9
+            assert relative(results["reconstruction"][k], alone["reconstruction"][0]) < 1e-9
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_fifty_stacked_updates_follow_the_single_learners(game_frames):
     """The default model (8-bit latents) and optimizer, 50 updates on four games. In
     float64: in float32 the stream itself is chaotic, and the same single learner run
