@@ -11,8 +11,7 @@ from codec import LatentCodec
 from loss import mark_constants_for_compile, reconstruction_loss
 from monitoring import PerformanceMonitor, TensorBoardLogger
 from model import AutoEncoder, Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios
-from optim import MAX_GRAD_NORM, OPTIMIZERS, make_optimizer, sparse_init_model_
-from stacked import StackedAutoEncoder
+from optim import OPTIMIZERS, clip_gradient, make_optimizer, sparse_init_model_
 from utils import keep_freed_memory, preprocess_frame
 
 
@@ -72,9 +71,11 @@ class StreamingAutoEncoder(nn.Module):
         self.on_update: list = []
 
     @staticmethod
-    def stack(models: list["StreamingAutoEncoder"]) -> StackedAutoEncoder:
+    def stack(models: list["StreamingAutoEncoder"]):
         """One K-stream learner from K single-stream ones of one configuration and optimizer
         (see `stacked.StackedAutoEncoder`); its `unstack()` gives them back."""
+        from stacked import StackedAutoEncoder  # it builds on this module
+
         return StackedAutoEncoder(models)
 
     @property
@@ -162,20 +163,11 @@ class StreamingAutoEncoder(nn.Module):
         training_loss.backward()
         if stage_marks is not None:
             stage_marks("backward")
-        grad_norm, finite = self._clip_gradient(training_loss)
+        grad_norm, finite = clip_gradient(self.flat_params.grad, training_loss.detach())
         step_size = self.optimizer.update(training_loss.detach(), finite)
         if stage_marks is not None:
             stage_marks("optimizer")
-        return {
-            **{k: v.detach() for k, v in parts.items()},
-            "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
-            "reconstruction": reconstruction.detach(),
-            **{f"embedding{i}": z.detach() for i, z in enumerate(latents)},
-            "change_mask": mask,
-            "step_size": step_size,
-            "skipped": ~finite,
-            "grad_norm": grad_norm,
-        }
+        return update_outputs(parts, reconstruction, latents, mask, step_size, finite, grad_norm)
 
     def _change_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The change mask of this frame (updating the detector) and the loss's pixel weights."""
@@ -204,15 +196,6 @@ class StreamingAutoEncoder(nn.Module):
             reconstruction = self.network.decoder(latents)
             parts = reconstruction_loss(reconstruction, x, pixel_weight)
         return training_loss, parts, reconstruction, latents
-
-    def _clip_gradient(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip the gradient at norm 1.0 and zero it when not finite; (norm before clipping, finite)."""
-        grad = self.flat_params.grad
-        norm = torch.linalg.vector_norm(grad)
-        finite = torch.isfinite(loss.detach() + norm)  # finite only if both terms are (an overflow skips too)
-        clip = torch.where(finite, (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0), 0.0)  # clip_grad_norm_'s factor
-        grad.mul_(clip).nan_to_num_(0.0, 0.0, 0.0)  # a no-op when finite; else zero (NaN * 0 stays NaN)
-        return norm, finite
 
     @torch.no_grad()
     def evaluate(self, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -246,6 +229,21 @@ class StreamingAutoEncoder(nn.Module):
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""
         return {**asdict(self.config), "optimizer": self.optimizer_name}
+
+
+def update_outputs(parts: dict, reconstruction: torch.Tensor, latents: list[torch.Tensor], change_mask: torch.Tensor,
+                   step_size: torch.Tensor, finite: torch.Tensor, grad_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every tensor an update reports, detached (one value per stream where there are K)."""
+    return {
+        **{k: v.detach() for k, v in parts.items()},
+        "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
+        "reconstruction": reconstruction.detach(),
+        **{f"embedding{i}": z.detach() for i, z in enumerate(latents)},
+        "change_mask": change_mask,
+        "step_size": step_size,
+        "skipped": ~finite,
+        "grad_norm": grad_norm,
+    }
 
 
 class CapturedStep:

@@ -20,6 +20,16 @@ from torch import nn
 MAX_GRAD_NORM = 1.0  # every update's gradient is clipped to this L2 norm
 
 
+def clip_gradient(grad: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip the gradient at norm MAX_GRAD_NORM in place and zero it where not finite; (norm
+    before clipping, finite). A (K, P) gradient with (K,) losses is K streams: per row."""
+    norm = torch.linalg.vector_norm(grad, dim=-1)
+    finite = torch.isfinite(loss + norm)  # finite only if both terms are (an overflow skips too)
+    clip = torch.where(finite, (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0), 0.0)  # clip_grad_norm_'s factor
+    grad.mul_(clip.unsqueeze(-1)).nan_to_num_(0.0, 0.0, 0.0)  # a no-op when finite; else zero (NaN * 0 stays NaN)
+    return norm, finite
+
+
 def _on_device(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device, made by a fill kernel: no host-to-device copy,
     which would wait for the device and cannot be captured in a CUDA graph."""

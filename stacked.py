@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoencoder import update_outputs
 from loss import reconstruction_loss
 from model import AutoEncoder, ModelConfig, PixelChangeDetector
 from monitoring import PerformanceMonitor
-from optim import MAX_GRAD_NORM, OPTIMIZERS
+from optim import OPTIMIZERS, clip_gradient
 from utils import FRAME_SIZE, preprocess_frame
 
 
@@ -211,22 +212,9 @@ class StackedAutoEncoder(nn.Module):
         self.flat_params.grad.zero_()
         parts["loss"].sum().backward()  # stream k's weights see only stream k's loss
         loss = parts["loss"].detach()
-        grad = self.flat_params.grad
-        norm = torch.linalg.vector_norm(grad, dim=1)
-        finite = torch.isfinite(loss + norm)
-        clip = torch.where(finite, (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0), 0.0)
-        grad.mul_(clip[:, None]).nan_to_num_(0.0, 0.0, 0.0)
+        grad_norm, finite = clip_gradient(self.flat_params.grad, loss)
         step_size = self.optimizer.update(loss, finite)
-        return {
-            **{k: v.detach() for k, v in parts.items()},
-            "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
-            "reconstruction": reconstruction.detach(),
-            **{f"embedding{i}": z.detach() for i, z in enumerate(latents)},
-            "change_mask": mask,
-            "step_size": step_size,
-            "skipped": ~finite,
-            "grad_norm": norm,
-        }
+        return update_outputs(parts, reconstruction, latents, mask, step_size, finite, grad_norm)
 
     def _single(self):
         """A fresh single learner of this configuration, built without touching the global RNG."""
