@@ -190,7 +190,9 @@ def continual_tables(name: str) -> str:
     games = results[0]["games"]
     optimizers = list(dict.fromkeys(r["optimizer"] for r in results))
 
-    def spread(values: list[float], sign: str = "+") -> str:
+    def spread(values: list[float | None], sign: str = "+") -> str:
+        if None in values:  # forgetting of a game only trained in the last segment
+            return "-"
         mean = sum(values) / len(values)
         return f"{mean:{sign}.2f}" + (f" ({min(values):{sign}.2f} to {max(values):{sign}.2f})" if len(values) > 1 else "")
 
@@ -232,6 +234,7 @@ if __name__ == "__main__":
     print(f"## Candidates and ablations\n\n{ablation_table()}\n")
     print(f"## Encoder layer norm over three seeds\n\n{seeds_table()}\n")
     print(f"## Continual learning\n\n{continual_tables('continual_5k')}\n")
+    print(f"## Continual learning, two cycles at 2,000 frames\n\n{continual_tables('continual_2k')}\n")
     print(f"## Many streams in one process\n\n{streams_table()}\n")
     print(f"## The frozen codec at 5,000 frames\n\n{codec_table(rows('codec_default_5k'))}\n")
     print(f"## Bytes at the frozen PSNR\n\n{equal_psnr_table(rows('codec_default_5k'))}\n")
