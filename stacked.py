@@ -1,10 +1,11 @@
 """K independent streams in one learner: one batched update learns K frames, one per stream.
 
 Streams share no weight and no state. Stream k's weights are row k of one (K, P) buffer,
-laid out as a single learner's flat buffer; every convolution runs the K streams' kernels
-as one grouped convolution over the K frames folded into channels, every other layer is
-already per image (layer norm over each image, the loss of each image), and the optimizer
-reduces per row. So one update costs a few hundred kernels whatever K is, each K times wider.
+laid out as a single learner's flat buffer; every convolution but the first of each branch
+runs the K streams' kernels as one grouped convolution over the K frames folded into
+channels, every other layer is already per image (layer norm over each image, the loss of
+each image), and the optimizer reduces per row. So one update costs about the kernels of a
+single one, each K times wider, plus K first convolutions per branch.
 """
 
 import time
@@ -47,7 +48,7 @@ class StreamConv2d(nn.Module):
         if not x.requires_grad and x.device.type == "cpu":
             return torch.cat([F.conv2d(x[k : k + 1], self.weight[k], self.bias[k], self.stride, self.padding,
                                        groups=self.groups) for k in range(streams)])
-        folded = x.reshape(1, -1, *x.shape[-2:])  # (K, C, H, W) -> (1, K*C, H, W): a view of a contiguous batch
+        folded = x.reshape(1, -1, *x.shape[-2:])  # (K, C, H, W) -> (1, K*C, H, W), a copy if channels_last
         out = F.conv2d(folded, self.weight.flatten(0, 1), self.bias.flatten(), self.stride, self.padding,
                        groups=streams * self.groups)
         return out.view(streams, -1, *out.shape[-2:])
