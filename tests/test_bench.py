@@ -118,7 +118,7 @@ def assert_rows_within(ours: list[tuple], theirs: list[tuple], db: float = 0.05)
         assert a[1:] == pytest.approx(b[1:], abs=db), (a, b)
 
 
-QUALITY = ("quality", "--frames", "20", "--games", "Breakout", "Pacman", "Assault", "--heldout", "3")
+QUALITY = ("quality", "--frames", "20", "--games", "Breakout", "Pacman", "Assault", "--heldout", "2")
 
 
 def test_packed_quality_rows_equal_the_unpacked_ones_locally_and_on_ray():
@@ -134,9 +134,9 @@ def test_packed_quality_rows_equal_the_unpacked_ones_locally_and_on_ray():
 
 def test_packed_continual_rows_equal_the_unpacked_ones():
     args = ("continual", "--games", "Breakout", "Pacman", "--switch-every", "6", "--cycles", "1", "--seeds", "0", "1",
-            "--optimizers", "obgd", "adam", "--probe-frames", "3", "--eval-every", "0")
+            "--optimizers", "adam", "--probe-frames", "3", "--eval-every", "0")
     alone, packed = run_bench(*args), run_bench(*args, "--streams", "2")
-    assert [(r["optimizer"], r["seed"]) for r in packed["results"]] == [(o, s) for o in ("obgd", "adam") for s in (0, 1)]
+    assert [(r["optimizer"], r["seed"]) for r in packed["results"]] == [("adam", 0), ("adam", 1)]
     for ours, theirs in zip(packed["results"], alone["results"]):
         for mine, lone in zip(ours["psnr_matrix"] + [ours["initial"]], theirs["psnr_matrix"] + [theirs["initial"]]):
             assert mine == pytest.approx(lone, abs=0.05)
