@@ -351,9 +351,15 @@ class AutoEncoder(nn.Module):
         self.quantizer = LatentQuantizer(config.latent_bits)
         self.decoder = Decoder(config)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        latents = [self.quantizer(z) for z in self.encoder(x)]
-        return self.decoder(latents), latents
+    def forward(self, x: torch.Tensor, hidden: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """With `hidden` (a dict), every hidden layer's activation of this very pass is
+        recorded in it by name (see `hidden_activations`)."""
+        if hidden is None:
+            latents = [self.quantizer(z) for z in self.encoder(x)]
+            return self.decoder(latents), latents
+        maps, latents, image = self._hidden_pass(x)
+        hidden.update(maps)
+        return image, latents
 
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The integer codes of each branch's latent (needs `latent_bits` > 0)."""
@@ -366,10 +372,98 @@ class AutoEncoder(nn.Module):
         """Every hidden convolution's output after its activation (the encoder stages, the
         decoder's fusion and upsampling; not the latents, not the RGB output), by name,
         and the reconstruction."""
+        maps, _, image = self._hidden_pass(x)
+        return maps, image
+
+    def _hidden_pass(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], torch.Tensor]:
         maps, latents = {}, []
         for k, branch in zip(BRANCH_KERNELS, self.encoder.branches):
             first, second, latent = branch.hidden(x)
             maps[f"encoder.{k}x{k}.stage1"], maps[f"encoder.{k}x{k}.stage2"] = first, second
             latents.append(self.quantizer(latent))
         maps["decoder.fuse"], maps["decoder.up"], image = self.decoder.hidden(latents)
-        return maps, image
+        return maps, latents, image
+
+
+@dataclass(frozen=True)
+class HiddenLayer:
+    """Where the units of a hidden layer live: the convolution that makes them (a unit is
+    `group` consecutive output channels of it: 4 where a 2x pixel shuffle follows, which
+    turns 4 channels into one channel at twice the resolution) and the one that reads them
+    (a unit is one of its input channels)."""
+
+    produced_by: str
+    read_by: str
+    group: int = 1
+
+
+def hidden_layers(config: ModelConfig) -> dict[str, HiddenLayer]:
+    """The hidden layers of `hidden_activations` whose units can be reset, by the same names.
+    The fusion's units feed the residual or attention block when one is on, where zeroing
+    outgoing weights would not silence them: then the fusion is not listed."""
+    layers = {}
+    for i, k in enumerate(BRANCH_KERNELS):
+        branch = f"encoder.branches.{i}"
+        layers[f"encoder.{k}x{k}.stage1"] = HiddenLayer(f"{branch}.stage1.0", f"{branch}.stage2.0")
+        layers[f"encoder.{k}x{k}.stage2"] = HiddenLayer(f"{branch}.stage2.0", f"{branch}.to_latent")
+    if not (config.use_residual or config.use_transformer):
+        layers["decoder.fuse"] = HiddenLayer("decoder.fuse", "decoder.up.0")
+    layers["decoder.up"] = HiddenLayer("decoder.up.0", "decoder.to_rgb.0", group=4)
+    return layers
+
+class StreamConv2d(nn.Module):
+    """K convolutions of one shape, one per stream, as one grouped convolution.
+
+    Image k of the batch is stream k's; weight (K, out, in, kh, kw), bias (K, out). On
+    the frames themselves (an input that needs no gradient: three channels at full
+    resolution) K convolutions of batch 1 run faster on a CPU than the grouped one
+    (`docs/cpu_profile.py streams`), so there it runs them in turn.
+    """
+
+    stream_layer = True
+
+    def __init__(self, conv: nn.Conv2d, streams: int):
+        super().__init__()
+        self.stride, self.padding, self.groups = conv.stride, conv.padding, conv.groups
+        self.weight = nn.Parameter(conv.weight.detach().expand(streams, *conv.weight.shape).clone())
+        self.bias = nn.Parameter(conv.bias.detach().expand(streams, -1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        streams = self.weight.shape[0]
+        if not x.requires_grad and x.device.type == "cpu":
+            return torch.cat([F.conv2d(x[k : k + 1], self.weight[k], self.bias[k], self.stride, self.padding,
+                                       groups=self.groups) for k in range(streams)])
+        folded = x.reshape(1, -1, *x.shape[-2:])  # (K, C, H, W) -> (1, K*C, H, W), a copy if channels_last
+        out = F.conv2d(folded, self.weight.flatten(0, 1), self.bias.flatten(), self.stride, self.padding,
+                       groups=streams * self.groups)
+        return out.view(streams, -1, *out.shape[-2:])
+
+
+class StreamLinear(nn.Module):
+    """K linear layers of one shape, one per stream, as one batched matrix product over
+    (K, ..., in) inputs; weight (K, out, in), bias (K, out)."""
+
+    stream_layer = True
+
+    def __init__(self, linear: nn.Linear, streams: int):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().expand(streams, *linear.weight.shape).clone())
+        self.bias = nn.Parameter(linear.bias.detach().expand(streams, -1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        return torch.baddbmm(self.bias.unsqueeze(1), rows, self.weight.mT).view(*x.shape[:-1], -1)
+
+
+def stream_network(config: ModelConfig, streams: int) -> AutoEncoder:
+    """The network of `config` for K independent streams: every convolution and linear layer
+    K-stream, image k of a batch stream k's (every other layer is already per image). Its
+    parameters have the single network's names, each with a leading K dimension."""
+    network = AutoEncoder(config)
+    for module in list(network.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, StreamConv2d(child, streams))
+            elif isinstance(child, nn.Linear):
+                setattr(module, name, StreamLinear(child, streams))
+    return network

@@ -1,13 +1,17 @@
 """ObGD, the step-size-bounded streaming optimizer, its baselines, and sparse initialisation.
 
 Reference: Elsayed, Vasan and Mahmood (2024), "Streaming Deep Reinforcement Learning
-Finally Works". Every step is a handful of fused `torch._foreach_*` kernels, and the
-bound is computed on the device, so `step()` never waits for the host.
+Finally Works". Each rule is written once, over per-stream rows: built with
+`streams=K`, every parameter's leading dimension is the stream, row k of every
+parameter is stream k's, and every reduction (ObGD's bound over all parameters, a step
+count) is per row. Built as torch.optim builds an optimizer (`streams=None`), the same
+rule sees one stream. The bound and every count live on the device, so a step never
+waits for the host.
 
 Every optimizer the learner can use implements one protocol, `StreamingOptimizer`:
 `update(loss, finite) -> step_size`, called after the gradient is clipped (and zeroed
 when not finite). Registering a class in `OPTIMIZERS` (`register_optimizer`) is all a
-new one needs.
+new one needs; one that accepts `streams` can also run in a stacked learner.
 """
 
 import math
@@ -30,19 +34,14 @@ def clip_gradient(grad: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor,
     return norm, finite
 
 
-def _on_device(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A 0-d tensor on `like`'s device, made by a fill kernel: no host-to-device copy,
-    which would wait for the device and cannot be captured in a CUDA graph."""
-    return value.to(device=like.device, dtype=like.dtype) if torch.is_tensor(value) else like.new_full((), value)
-
-
 class StreamingOptimizer(Protocol):
     """What the learner asks of an optimizer: one update per frame, no host sync.
 
-    `update(loss, finite)` gets the (detached) loss and a 0-d bool tensor that is False
+    `update(loss, finite)` gets the (detached) loss and a bool tensor that is False
     when the loss or gradient was not finite; the gradient is then already zero, and the
     update must leave the parameters as they are. It returns the effective step size as a
-    0-d device tensor. `state_dict` / `load_state_dict` carry the state in checkpoints.
+    device tensor (0-d, or one per stream). `state_dict` / `load_state_dict` carry the
+    state in checkpoints.
     """
 
     def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor: ...
@@ -52,50 +51,58 @@ class StreamingOptimizer(Protocol):
     def load_state_dict(self, state_dict: dict) -> None: ...
 
 
-class ObGD:
-    """The reference rule, for a loss gradient and a pseudo-error `delta` (default 1).
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(K,) values shaped to broadcast over the rows of a (K, ...) tensor."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
-    z <- gamma*lamda*z + grad               (per parameter, the eligibility trace)
-    M = lr * kappa * max(|delta|, 1) * sum|z|  (over all parameters)
-    step = lr / M if M > 1 else lr
-    theta <- theta - step * delta * z
 
-    It keeps torch.optim's interface (`param_groups`, `state`, `zero_grad`,
-    `state_dict`) without subclassing `torch.optim.Optimizer`, whose first use
-    imports torch._dynamo: a slow start-up on a small CPU (measured in
-    docs/BENCHMARKS.md).
+def _row_sums(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The sum over every element of each row, across all the tensors: (K,)."""
+    return torch.stack([t.sum(dim=tuple(range(1, t.dim()))) for t in tensors]).sum(0)
+
+
+class RowOptimizer:
+    """torch.optim's interface (`param_groups`, `state`, `zero_grad`, `state_dict`) over
+    per-stream rows, without subclassing `torch.optim.Optimizer`, whose first use imports
+    torch._dynamo: a slow start-up on a small CPU (measured in docs/BENCHMARKS.md).
+
+    `vectors` name the per-parameter state (zero at start); `per_step` names tensors in
+    each parameter's state holding one value per stream (a step count), and `group_tensors`
+    tensors of the param group holding one value per stream. With `streams=None` every
+    per-stream value is 0-d; with `streams=K` it is (K,). `stream_state_dict(k)` and
+    `load_stream_state(k, state)` move one stream's state in the single-stream format.
     """
 
-    def __init__(self, params, lr: float = 1.0, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0):
+    vectors: tuple[str, ...] = ()
+    per_step: tuple[str, ...] = ()
+    group_tensors: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, streams: int | None = None):
         self.params = [p for p in params if p.requires_grad]
-        self.param_groups = [dict(params=self.params, lr=lr, gamma=gamma, lamda=lamda, kappa=kappa)]
-        self.state = {p: {"trace": torch.zeros_like(p)} for p in self.params}
+        self.streams = streams
+        self.param_groups = [dict(params=self.params, **defaults)]
+        shape = () if streams is None else (streams,)
+        device = self.params[0].device
+        for name in self.group_tensors:
+            self.param_groups[0][name] = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.state = {p: {**{name: torch.zeros_like(p) for name in self.vectors},
+                          **{name: torch.zeros(shape, dtype=p.dtype, device=device) for name in self.per_step}}
+                      for p in self.params}
 
-    @torch.no_grad()
-    def step(self, delta: float | torch.Tensor = 1.0) -> torch.Tensor:
-        """One update; returns the effective step size as a 0-d device tensor."""
-        group = self.param_groups[0]
-        params, grads, traces = self._accumulate_traces()
-        delta = _on_device(delta, params[0])
-        trace_l1 = torch.stack(torch._foreach_norm(traces, 1)).sum()
-        bound = group["lr"] * group["kappa"] * torch.clamp(delta.abs(), min=1.0) * trace_l1
-        step_size = group["lr"] / torch.clamp(bound, min=1.0)
-        torch._foreach_add_(params, torch._foreach_mul(traces, -step_size * delta))
-        return step_size
+    @property
+    def hyper(self) -> dict:
+        return self.param_groups[0]
 
-    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        """For a loss the pseudo-error is 1; a skipped update gets delta = 0 (no step)."""
-        return self.step(delta=finite.float())
+    def rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` with its leading stream dimension (a view: in-place updates land)."""
+        return tensor if self.streams is not None else tensor.unsqueeze(0)
 
-    def _accumulate_traces(self):
-        """z <- gamma*lamda*z + grad for every parameter with a gradient; (params, grads, traces)."""
-        group = self.param_groups[0]
-        params = [p for p in self.params if p.grad is not None]
-        grads = [p.grad for p in params]
-        traces = [self.state[p]["trace"] for p in params]
-        torch._foreach_mul_(traces, group["gamma"] * group["lamda"])
-        torch._foreach_add_(traces, grads)
-        return params, grads, traces
+    def out(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-stream values as the caller sees them: (K,), or 0-d for one stream."""
+        return values if self.streams is not None else values.squeeze(0)
+
+    def stepping(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.params if p.grad is not None]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -106,22 +113,106 @@ class ObGD:
                     p.grad.zero_()
 
     def state_dict(self) -> dict:
-        """torch.optim's layout: traces by parameter index, hyper-parameters in param_groups."""
-        hyper = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        """torch.optim's layout: state by parameter index, hyper-parameters in param_groups."""
+        hyper = {k: v for k, v in self.hyper.items() if k != "params"}
         return {
-            "state": {i: {"trace": self.state[p]["trace"]} for i, p in enumerate(self.params)},
+            "state": {i: dict(self.state[p]) for i, p in enumerate(self.params)},
             "param_groups": [{**hyper, "params": list(range(len(self.params)))}],
         }
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict) -> None:
+        """In place: a captured CUDA graph keeps reading these very tensors. A missing
+        entry (a state never stepped) loads as zero, a plain number as a 0-d value."""
         saved = state_dict["state"]
-        if set(saved) != set(range(len(self.params))):
+        if not set(saved) <= set(range(len(self.params))):
             raise ValueError("optimizer state does not match the model's parameters")
         for i, p in enumerate(self.params):
-            self.state[p]["trace"].copy_(saved[i]["trace"])
-        hyper = {k: v for k, v in state_dict["param_groups"][0].items() if k != "params"}
-        self.param_groups[0].update(hyper)
+            for name, tensor in self.state[p].items():
+                value = saved.get(i, {}).get(name, 0.0)
+                tensor.copy_(value if torch.is_tensor(value) else torch.tensor(float(value)))
+        group = state_dict["param_groups"][0]
+        for name, value in group.items():
+            if name in self.group_tensors:
+                self.hyper[name].copy_(value if torch.is_tensor(value) else torch.tensor(float(value)))
+            elif name in self.hyper and name != "params":
+                self.hyper[name] = value
+
+    def stream_state_dict(self, k: int) -> dict:
+        """Stream k's state in the format of a single-stream optimizer of this class."""
+        hyper = {name: (value[k].clone() if name in self.group_tensors else value)
+                 for name, value in self.hyper.items() if name != "params"}
+        return {
+            "state": {i: {name: t[k].clone() for name, t in self.state[p].items()} for i, p in enumerate(self.params)},
+            "param_groups": [{**hyper, "params": list(range(len(self.params)))}],
+        }
+
+    @torch.no_grad()
+    def load_stream_state(self, k: int, state_dict: dict) -> None:
+        """Stream k's state from a single-stream optimizer's `state_dict()`."""
+        saved = state_dict["state"]
+        for i, p in enumerate(self.params):
+            for name, tensor in self.state[p].items():
+                value = saved.get(i, {}).get(name, 0.0)
+                tensor[k].copy_(value if torch.is_tensor(value) else torch.tensor(float(value)))
+        for name in self.group_tensors:
+            self.hyper[name][k] = float(state_dict["param_groups"][0].get(name, 0))
+
+    @torch.no_grad()
+    def clear(self, mask: torch.Tensor) -> None:
+        """Zero the per-parameter state wherever `mask` (a bool per element of the single
+        parameter) is set: the optimizer state of re-initialised units."""
+        for p in self.params:
+            for name in self.vectors:
+                self.state[p][name].masked_fill_(mask, 0.0)
+
+
+class ObGD(RowOptimizer):
+    """The reference rule, for a loss gradient and a pseudo-error `delta` (default 1).
+
+    z <- gamma*lamda*z + grad               (per parameter, the eligibility trace)
+    M = lr * kappa * max(|delta|, 1) * sum|z|  (over all parameters)
+    step = lr / M if M > 1 else lr
+    theta <- theta - step * delta * z
+    """
+
+    vectors = ("trace",)
+
+    def __init__(self, params, lr: float = 1.0, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
+                 streams: int | None = None):
+        super().__init__(params, dict(lr=lr, gamma=gamma, lamda=lamda, kappa=kappa), streams)
+
+    @torch.no_grad()
+    def step(self, delta: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """One update; returns the effective step size (a device tensor: 0-d, or (K,))."""
+        h, params = self.hyper, self.stepping()
+        traces = self._accumulate_traces(params)
+        delta = self._delta(delta, params[0])
+        bound = h["lr"] * h["kappa"] * torch.clamp(delta.abs(), min=1.0) * _row_sums([z.abs() for z in traces])
+        step_size = h["lr"] / torch.clamp(bound, min=1.0)
+        for p, z in zip(params, traces):
+            p_rows = self.rows(p)
+            p_rows.sub_(z * _per_row(step_size * delta, z))
+        return self.out(step_size)
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        """For a loss the pseudo-error is 1; a skipped update gets delta = 0 (no step)."""
+        return self.step(delta=finite.float())
+
+    def _delta(self, delta: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The pseudo-error per stream, made on the device without a host copy (which would
+        wait for the device and cannot be captured in a CUDA graph)."""
+        if torch.is_tensor(delta):
+            return delta.to(device=like.device, dtype=like.dtype).reshape(-1)
+        return like.new_full((1,), delta)
+
+    def _accumulate_traces(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """z <- gamma*lamda*z + grad for every parameter with a gradient; their traces as rows."""
+        h = self.hyper
+        traces = [self.rows(self.state[p]["trace"]) for p in params]
+        for z, p in zip(traces, params):
+            z.mul_(h["gamma"] * h["lamda"]).add_(self.rows(p.grad))
+        return traces
 
 
 class AdaptiveObGD(ObGD):
@@ -143,52 +234,91 @@ class AdaptiveObGD(ObGD):
     that is the job of `model.ReachableSigmoid` and the decoder's layer norm.
     """
 
+    vectors = ("trace", "v")
+    group_tensors = ("count",)
+
     def __init__(self, params, lr: float = 1e-3, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
-                 beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(params, lr=lr, gamma=gamma, lamda=lamda, kappa=kappa)
-        device = self.params[0].device
-        self.param_groups[0].update(beta2=beta2, eps=eps, count=torch.zeros((), dtype=torch.float64, device=device))
-        for p in self.params:
-            self.state[p]["v"] = torch.zeros_like(p)
+                 beta2: float = 0.999, eps: float = 1e-8, streams: int | None = None):
+        RowOptimizer.__init__(self, params, dict(lr=lr, gamma=gamma, lamda=lamda, kappa=kappa, beta2=beta2, eps=eps),
+                              streams)
 
     @torch.no_grad()
     def step(self, delta: float | torch.Tensor = 1.0, loss: torch.Tensor | None = None) -> torch.Tensor:
-        group = self.param_groups[0]
-        group["count"].add_(1)  # on the device, so a captured CUDA graph counts on replay
-        params, grads, traces = self._accumulate_traces()
-        second = [self.state[p]["v"] for p in params]
-        delta = _on_device(delta, params[0])
-        scaled = torch._foreach_mul(traces, delta)
-        torch._foreach_mul_(second, group["beta2"])
-        torch._foreach_addcmul_(second, scaled, scaled, value=1 - group["beta2"])
-        correction = (1 - torch.pow(group["beta2"], group["count"])).to(params[0].dtype)  # float64 as in Python
-        denominators = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(second, correction)), group["eps"])
-        direction = torch._foreach_div(scaled, denominators)
-        step_size = params[0].new_full((), group["lr"])
+        h, params = self.hyper, self.stepping()
+        count = self.rows(h["count"])
+        count.add_(1)  # on the device, so a captured CUDA graph counts on replay
+        traces = self._accumulate_traces(params)
+        delta = self._delta(delta, params[0])
+        correction = (1 - torch.pow(h["beta2"], count)).to(params[0].dtype)  # float64 as in Python
+        directions = []
+        for p, z in zip(params, traces):
+            second = self.rows(self.state[p]["v"])
+            scaled = z * _per_row(delta, z)
+            second.mul_(h["beta2"]).addcmul_(scaled, scaled, value=1 - h["beta2"])
+            directions.append(scaled / (second / _per_row(correction, z)).sqrt_().add_(h["eps"]))
+        step_size = params[0].new_full((len(count),), h["lr"])
         if loss is not None:
-            effect = torch.stack([(g * u).sum() for g, u in zip(grads, direction)]).sum().abs()
-            bound = group["lr"] * group["kappa"] * effect / torch.clamp(loss.detach(), min=1e-12)
+            effect = _row_sums([self.rows(p.grad) * u for p, u in zip(params, directions)]).abs()
+            bound = h["lr"] * h["kappa"] * effect / torch.clamp(loss.detach().reshape(-1), min=1e-12)
             step_size = step_size / torch.clamp(bound, min=1.0)
-        torch._foreach_add_(params, torch._foreach_mul(direction, -step_size))
-        return step_size
+        for p, u in zip(params, directions):
+            self.rows(p).sub_(u * _per_row(step_size, u))
+        return self.out(step_size)
 
     def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
         return self.step(delta=finite.float(), loss=torch.where(finite, loss.detach(), 0.0))
 
-    def state_dict(self) -> dict:
-        saved = super().state_dict()
-        for i, p in enumerate(self.params):
-            saved["state"][i]["v"] = self.state[p]["v"]
-        return saved
+
+class StreamingAdam(RowOptimizer):
+    """Adam at batch size 1 (torch.optim.Adam's rule, no weight decay). A skipped update
+    keeps the moments and the step count, as torch's fused Adam does with `found_inf`."""
+
+    vectors = ("exp_avg", "exp_avg_sq")
+    per_step = ("step",)
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 streams: int | None = None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps), streams)
 
     @torch.no_grad()
-    def load_state_dict(self, state_dict: dict) -> None:
-        count = self.param_groups[0]["count"]
-        super().load_state_dict(state_dict)
-        # filled in place: a captured CUDA graph keeps reading this very tensor (an int in old checkpoints)
-        self.param_groups[0]["count"] = count.fill_(float(state_dict["param_groups"][0].get("count", 0)))
-        for i, p in enumerate(self.params):
-            self.state[p]["v"].copy_(state_dict["state"][i]["v"])
+    def step(self, taken: torch.Tensor | None = None) -> torch.Tensor:
+        """One update; `taken` (one bool per stream) says which streams step. Returns the lr."""
+        (beta1, beta2), params = self.hyper["betas"], self.stepping()
+        if taken is None:
+            taken = torch.ones((), dtype=torch.bool, device=params[0].device)
+        taken = taken.to(params[0].dtype).reshape(-1)
+        for p in params:
+            state, grad = self.state[p], self.rows(p.grad)
+            steps = self.rows(state["step"])
+            steps.add_(taken)
+            exp_avg, exp_avg_sq = self.rows(state["exp_avg"]), self.rows(state["exp_avg_sq"])
+            exp_avg.lerp_(grad, _per_row((1 - beta1) * taken, grad))
+            exp_avg_sq.lerp_(grad * grad, _per_row((1 - beta2) * taken, grad))
+            counted = steps.clamp(min=1)  # a stream that never stepped has zero moments: no step either way
+            denominator = (exp_avg_sq.sqrt() / _per_row((1 - torch.pow(beta2, counted)).sqrt(), grad))
+            step_size = self.hyper["lr"] / (1 - torch.pow(beta1, counted)) * taken
+            self.rows(p).sub_(exp_avg / denominator.add_(self.hyper["eps"]) * _per_row(step_size, grad))
+        return self.out(params[0].new_full((len(taken),), self.hyper["lr"]))
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return self.step(taken=finite)
+
+
+class StreamingSGD(RowOptimizer):
+    """Plain SGD at batch size 1 (a skipped update's gradient is already zero)."""
+
+    def __init__(self, params, lr: float = 1.0, streams: int | None = None):
+        super().__init__(params, dict(lr=lr), streams)
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        params = self.stepping()
+        for p in params:
+            p.sub_(p.grad * self.hyper["lr"])
+        return self.out(params[0].new_full((len(self.rows(params[0])),), self.hyper["lr"]))
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return self.step()
 
 
 @torch.no_grad()
@@ -211,12 +341,16 @@ def sparse_init_(weight: torch.Tensor, sparsity: float = 0.5, unit_dim: int = 0)
 
 @torch.no_grad()
 def sparse_init_model_(model: nn.Module, sparsity: float = 0.5) -> nn.Module:
-    """Sparse-initialise every Linear and (transposed) conv; biases start at zero."""
+    """Sparse-initialise every Linear and (transposed) conv; biases start at zero. A
+    K-stream layer (a weight with a leading stream dimension) gets K draws, stream by stream."""
     for module in model.modules():
         if isinstance(module, nn.ConvTranspose2d):
             sparse_init_(module.weight, sparsity, unit_dim=1)
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             sparse_init_(module.weight, sparsity)
+        elif getattr(module, "stream_layer", False):
+            for weight in module.weight:
+                sparse_init_(weight, sparsity)
         else:
             continue
         if module.bias is not None:
@@ -224,152 +358,12 @@ def sparse_init_model_(model: nn.Module, sparsity: float = 0.5) -> nn.Module:
     return model
 
 
-class _LearningRateStep:
-    """The protocol for torch.optim's fused Adam and SGD: a non-finite update is skipped
-    by their `found_inf` flag, and the step size reported is the learning rate."""
-
-    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        self.found_inf = (~finite).float()
-        self.step()
-        if not hasattr(self, "_lr_tensor"):
-            self._lr_tensor = finite.new_full((), self.param_groups[0]["lr"], dtype=torch.float32)
-        return self._lr_tensor
-
-
-class StreamingAdam(_LearningRateStep, torch.optim.Adam):
-    """Adam at batch size 1 (fused)."""
-
-    def __init__(self, params, lr: float = 1e-3, capturable: bool = False):
-        super().__init__(params, lr=lr, fused=True, capturable=capturable)
-
-
-class StreamingSGD(_LearningRateStep, torch.optim.SGD):
-    """Plain SGD at batch size 1 (fused)."""
-
-    def __init__(self, params, lr: float = 1.0):
-        super().__init__(params, lr=lr, fused=True)
-
-
-class StreamsOptimizer:
-    """One optimizer rule for K streams at once, each stream's state its own.
-
-    Row k of the (K, P) parameter (and of its gradient) is stream k's whole model, laid out
-    as a single-stream learner's flat buffer, so a stream's state vectors are rows too.
-    `update(loss, finite)` gets (K,) losses and flags and returns (K,) step sizes; every
-    reduction is per row. Built from the K single-stream optimizers' state dicts;
-    `state_dict_of(k, template)` gives stream k's back, in the single optimizer's format
-    (`template`: a fresh one's `state_dict()`).
-    """
-
-    vectors: tuple[str, ...] = ()  # per-parameter state, one row per stream
-
-    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
-        self.param, self.hyper = param, hyper
-        for name in self.vectors:
-            rows = [s["state"].get(0, {}).get(name) for s in states]
-            setattr(self, name, torch.stack([torch.zeros_like(param[0]) if r is None else r.to(param) for r in rows]))
-
-    def state_dict_of(self, k: int, template: dict) -> dict:
-        state = {name: getattr(self, name)[k].clone() for name in self.vectors}
-        return {"state": {0: state} if state else {}, "param_groups": template["param_groups"]}
-
-
-class StreamsObGD(StreamsOptimizer):
-    """`ObGD` per stream: stream k's trace, and its global bound over its own parameters."""
-
-    vectors = ("trace",)
-
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        h, delta = self.hyper, finite.to(self.param.dtype)  # max(|delta|, 1) = 1 for delta in {0, 1}
-        self.trace.mul_(h["gamma"] * h["lamda"]).add_(self.param.grad)
-        step_size = h["lr"] / torch.clamp(h["lr"] * h["kappa"] * self.trace.abs().sum(1), min=1.0)
-        self.param.sub_(self.trace * (step_size * delta)[:, None])
-        return step_size
-
-
-class StreamsAdaptiveObGD(StreamsOptimizer):
-    """`AdaptiveObGD` per stream: its own trace, RMS, count and overshoot bound."""
-
-    vectors = ("trace", "v")
-
-    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
-        super().__init__(param, hyper, states)
-        self.count = torch.tensor([float(s["param_groups"][0]["count"]) for s in states], dtype=torch.float64,
-                                  device=param.device)
-
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        h, grad = self.hyper, self.param.grad
-        self.count.add_(1)
-        self.trace.mul_(h["gamma"] * h["lamda"]).add_(grad)
-        scaled = self.trace * finite.to(grad.dtype)[:, None]
-        self.v.mul_(h["beta2"]).addcmul_(scaled, scaled, value=1 - h["beta2"])
-        correction = (1 - torch.pow(h["beta2"], self.count)).to(grad.dtype)[:, None]
-        direction = scaled / (self.v / correction).sqrt_().add_(h["eps"])
-        effect = (grad * direction).sum(1).abs()
-        bound = h["lr"] * h["kappa"] * effect / torch.clamp(torch.where(finite, loss, 0.0), min=1e-12)
-        step_size = h["lr"] / torch.clamp(bound, min=1.0)
-        self.param.sub_(direction * step_size[:, None])
-        return step_size
-
-    def state_dict_of(self, k: int, template: dict) -> dict:
-        saved = super().state_dict_of(k, template)
-        saved["param_groups"] = [{**template["param_groups"][0], "count": float(self.count[k])}]
-        return saved
-
-
-class StreamsAdam(StreamsOptimizer):
-    """torch.optim.Adam's rule per stream (no weight decay); a skipped stream keeps its
-    moments and its step count, as fused Adam's `found_inf` does."""
-
-    vectors = ("exp_avg", "exp_avg_sq")
-
-    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
-        super().__init__(param, hyper, states)
-        self.steps = torch.tensor([float(s["state"].get(0, {}).get("step", 0)) for s in states], device=param.device)
-        self.lr = param.new_full((len(states),), hyper["lr"])
-
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        (beta1, beta2), grad, taken = self.hyper["betas"], self.param.grad, finite.to(self.param.dtype)
-        self.steps.add_(taken)
-        self.exp_avg.lerp_(grad, ((1 - beta1) * taken)[:, None])
-        self.exp_avg_sq.lerp_(grad * grad, ((1 - beta2) * taken)[:, None])
-        steps = self.steps.clamp(min=1)  # a stream that never stepped has zero moments: no step either way
-        denominator = (self.exp_avg_sq.sqrt() / (1 - torch.pow(beta2, steps)).sqrt()[:, None]).add_(self.hyper["eps"])
-        step_size = self.lr / (1 - torch.pow(beta1, steps)) * taken
-        self.param.sub_(self.exp_avg / denominator * step_size[:, None])
-        return self.lr
-
-    def state_dict_of(self, k: int, template: dict) -> dict:
-        if not self.steps[k]:
-            return {"state": {}, "param_groups": template["param_groups"]}
-        saved = super().state_dict_of(k, template)
-        saved["state"][0]["step"] = self.steps[k].clone()
-        return saved
-
-
-class StreamsSGD(StreamsOptimizer):
-    """Plain SGD per stream (a skipped stream's gradient is already zero)."""
-
-    def __init__(self, param: torch.Tensor, hyper: dict, states: list[dict]):
-        super().__init__(param, hyper, states)
-        self.lr = param.new_full((len(states),), hyper["lr"])
-
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        self.param.sub_(self.param.grad * self.hyper["lr"])
-        return self.lr
-
-
 @dataclass(frozen=True)
 class OptimizerSpec:
     build: Callable[..., StreamingOptimizer]
     default_lr: float
     summary: str
-    capture_kwargs: dict = field(default_factory=dict)  # extra constructor arguments under a CUDA graph
-    streams: type[StreamsOptimizer] | None = None  # the same rule for K stacked streams
+    stackable: bool = False  # `build` takes `streams=K`: learners using it can be stacked
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -377,25 +371,23 @@ DEFAULT_OPTIMIZER = "obgd-adaptive"  # measured better than the reference rule (
 
 
 def register_optimizer(name: str, build: Callable[..., StreamingOptimizer], default_lr: float, summary: str,
-                       capture_kwargs: dict | None = None, streams: type[StreamsOptimizer] | None = None) -> None:
+                       stackable: bool = False) -> None:
     """Make `build(params, lr=...)` available to the learner, `--optimizer` and bench.py as `name`;
-    `streams`, its `StreamsOptimizer`, lets learners using it be stacked."""
-    OPTIMIZERS[name] = OptimizerSpec(build, default_lr, summary, capture_kwargs or {}, streams)
+    `stackable`: `build` also takes `streams=K` (per-stream rows), so learners using it stack."""
+    OPTIMIZERS[name] = OptimizerSpec(build, default_lr, summary, stackable)
 
 
-register_optimizer("obgd", ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)", streams=StreamsObGD)
+register_optimizer("obgd", ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)", stackable=True)
 register_optimizer("obgd-adaptive", AdaptiveObGD, 1e-3,
-                   "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease",
-                   streams=StreamsAdaptiveObGD)
-register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", {"capturable": True},
-                   streams=StreamsAdam)
-register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)", streams=StreamsSGD)
+                   "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease", stackable=True)
+register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", stackable=True)
+register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)", stackable=True)
 
 
-def make_optimizer(name: str, params, lr: float, capturable: bool = False) -> StreamingOptimizer:
-    """`capturable`: the optimizer will be replayed in a CUDA graph (Adam refuses capture
-    without its `capturable` mode)."""
+def make_optimizer(name: str, params, lr: float, streams: int | None = None) -> StreamingOptimizer:
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     spec = OPTIMIZERS[name]
-    return spec.build(params, lr=lr, **(spec.capture_kwargs if capturable else {}))
+    if streams is not None and not spec.stackable:
+        raise ValueError(f"optimizer {name!r} has no stacked form (register it with stackable=True)")
+    return spec.build(params, lr=lr, **({} if streams is None else {"streams": streams}))

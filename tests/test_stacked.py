@@ -170,9 +170,11 @@ def test_noise_learners_and_stacks_are_refused():
     noisy = ModelConfig(latent_noise=True)
     with pytest.raises(ValueError, match="latent_noise"):
         StreamingAutoEncoder.stack([StreamingAutoEncoder(noisy), StreamingAutoEncoder(noisy)])
-    stacked = StreamingAutoEncoder.stack([StreamingAutoEncoder()])
+    stacked = StreamingAutoEncoder.stack([StreamingAutoEncoder(), StreamingAutoEncoder()])
     with pytest.raises(ValueError, match="already stacked"):
         StreamingAutoEncoder.stack([stacked])
+    alone = StreamingAutoEncoder()
+    assert StreamingAutoEncoder.stack([alone]) is alone and alone.unstack() == [alone] and alone.view(0) is alone
 
 
 def test_a_view_scores_its_stream_with_the_current_weights(game_frames):
