@@ -5,9 +5,9 @@ at the best quality whose size fits a byte budget, found by a binary search over
 quality settings: sizes and PSNR grow with quality, though WebP's can dip a little
 from one setting to the next, so a setting past such a dip can be missed. The search
 promises a setting that fits whose next better one does not. Its PSNR is
-10 log10(1 / MSE) over all pixels of all frames, in [0, 1], the model's definition. JPEG
-and WebP come from Pillow, x264 from PyAV's libx264 (4:4:4, constant quantiser, every
-byte of the raw H.264 stream counted, headers included).
+`metrics.psnr_value` of the MSE over all pixels of all frames, in [0, 1], the model's
+definition. JPEG and WebP come from Pillow, x264 from PyAV's libx264 (4:4:4, constant
+quantiser, every byte of the raw H.264 stream counted, headers included).
 """
 
 import io
@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import av
 import numpy as np
 from PIL import Image
+
+from metrics import psnr_value
 
 JPEG_QUALITIES = range(1, 101)  # every setting, worst quality first
 WEBP_QUALITIES = range(0, 101)
@@ -26,7 +28,7 @@ WEBP_LOSSLESS_METHOD = 4  # method 6 is 25x slower here for 0.05% fewer bytes
 
 def psnr(decoded: Sequence[np.ndarray], frames: Sequence[np.ndarray]) -> float:
     errors = [np.mean((d.astype(np.float64) - f.astype(np.float64)) ** 2) for d, f in zip(decoded, frames)]
-    return float(10 * np.log10(255.0**2 / np.mean(errors)))
+    return psnr_value(np.mean(errors) / 255.0**2)
 
 
 def jpeg(frame: np.ndarray, quality: int) -> bytes:

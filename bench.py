@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
 from baselines import baseline_fields, bytes_at_psnr, image_point, jpeg, webp, webp_lossless_bytes, x264_point
-from continual import (EVAL_EVERY, PROBE_FRAMES, floor_psnr, forgetting_summary, plasticity_metrics, probe_psnrs,
-                       scoring)
+from continual import EVAL_EVERY, PROBE_FRAMES, forgetting_summary, plasticity_metrics, probe_psnrs, scoring
+from metrics import floor_psnr, psnr, psnr_value
 from model import ModelConfig
 from monitoring import TensorBoardLogger
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -254,10 +254,6 @@ def bench_speed(args) -> dict:
 
 # quality ------------------------------------------------------------------------------------
 
-def psnr_of(mse: float) -> float:
-    return 10 * np.log10(1.0 / mse)
-
-
 def as_target(frame: np.ndarray) -> np.ndarray:
     """A frame as the model sees it: 224x224 RGB uint8."""
     return cv2.resize(frame, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
@@ -285,7 +281,7 @@ def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict
     decoder_parameters = sum(p.numel() for p in model.decoder.parameters())  # the histogram has none
     batch = torch.from_numpy(np.stack(targets)).permute(0, 3, 1, 2)
     if not model.config.latent_bits:
-        return {"frozen_psnr": round(psnr_of(model.evaluate(batch).mean().item()), 2), "latent_bytes": None,
+        return {"frozen_psnr": round(psnr_value(model.evaluate(batch).mean().item()), 2), "latent_bytes": None,
                 "bpp": None, "intra_latent_bytes": None, "factorised_bound_bytes": None,
                 "decoder_parameters": decoder_parameters, "decoder_bytes": 4 * decoder_parameters,
                 "bit_exact": None, "encode_ms": None, "decode_ms": None}
@@ -306,7 +302,7 @@ def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict
     latent_bytes = float(np.mean(sizes))
     branches = [np.stack([frame[b] for frame in codes]) for b in range(len(codes[0]))]
     return {
-        "frozen_psnr": round(psnr_of(np.mean(errors)), 2),
+        "frozen_psnr": round(psnr_value(np.mean(errors)), 2),
         "latent_bytes": round(latent_bytes, 1),
         "bpp": round(latent_bytes * 8 / (FRAME_SIZE * FRAME_SIZE), 4),
         "intra_latent_bytes": round(float(np.mean(intra_sizes)), 1),
@@ -354,7 +350,7 @@ def quality_pack(tasks: list[dict]) -> list[dict]:
         frames = [next_frame(env) for env in envs]
         bar.update()
         if (i + 1) % 500 == 0:
-            bar.set_postfix(psnr=f"{psnr_of(mses[:, i - 499 : i + 1].mean().item()):.2f}")
+            bar.set_postfix(psnr=f"{psnr_value(mses[:, i - 499 : i + 1].mean().item()):.2f}")
     bar.close()
     models = learner.unstack() if len(tasks) > 1 else models
     return [quality_row(task, model, env, frame, mses[k].tolist(), tail_frames[k], tail_start)
@@ -366,14 +362,12 @@ def quality_row(task: dict, model: StreamingAutoEncoder, env, frame: np.ndarray,
     """A learned stream's row: its prequential PSNR and floor, then the frozen codec on the
     `heldout` frames that follow `frame`, beside the named codecs."""
     heldout = [as_target(frame)] + [as_target(next_frame(env)) for _ in range(task["heldout"] - 1)]
-    targets = tail_frames.astype(np.float64) / 255.0
-    floor_mse = np.mean((targets - targets.mean(axis=0)) ** 2)
     codec = frozen_codec(model, heldout)
     budget = codec["latent_bytes"]
     return {
         "game": task["game"], "optimizer": task["optimizer"], "frames": task["frames"], "heldout": len(heldout),
-        "psnr": round(psnr_of(np.mean(mses[tail_start:])), 2),
-        "floor_psnr": round(psnr_of(floor_mse), 2),
+        "psnr": round(psnr_value(np.mean(mses[tail_start:])), 2),
+        "floor_psnr": round(floor_psnr(tail_frames), 2),
         **codec,
         **({**baseline_fields(heldout, budget), **bytes_at_psnr(heldout, codec["frozen_psnr"])}
            if task.get("baselines", True) else {}),
@@ -394,7 +388,7 @@ def plot_quality(rows: list[dict], path: str) -> None:
             mse = np.asarray(row["mse_curve"])
             window = max(1, len(mse) // 50)
             smooth = np.convolve(mse, np.ones(window) / window, mode="valid")
-            ax.plot(np.arange(len(smooth)) + window, 10 * np.log10(1 / smooth), label=row["optimizer"])
+            ax.plot(np.arange(len(smooth)) + window, psnr(torch.from_numpy(smooth)).numpy(), label=row["optimizer"])
         row = next(r for r in rows if r["game"] == game)
         ax.axhline(row["floor_psnr"], color="gray", linestyle="--", label="mean-frame floor")
         if row.get("latent_bytes") is not None:
