@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from baselines import baseline_fields, bytes_at_psnr, image_point, jpeg, webp, webp_lossless_bytes, x264_point
+from baselines import CODECS, baseline_fields, bytes_at_psnr, rate_curves
 from continual import EVAL_EVERY, PROBE_FRAMES, forgetting_summary, plasticity_metrics, probe_psnrs, scoring
 from metrics import floor_psnr, psnr, psnr_value
 from model import ModelConfig
@@ -476,20 +476,6 @@ def bench_quality(args) -> dict:
 # rate ---------------------------------------------------------------------------------------
 
 RATE_POINTS = ("3:8", "3:6", "3:4", "3:2")  # latent_channels:latent_bits
-CURVE_SETTINGS = {
-    "jpeg": (jpeg, [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]),
-    "webp": (webp, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]),
-}
-X264_CURVE = [51, 45, 39, 33, 27, 21, 15]
-
-
-def baseline_curves(targets: list[np.ndarray]) -> dict[str, list[dict]]:
-    """(bpp, psnr) of JPEG, WebP and x264 over a sweep of quality settings on `targets`."""
-    points = {name: [image_point(targets, encode, q) for q in qualities]
-              for name, (encode, qualities) in CURVE_SETTINGS.items()}
-    points["x264"] = [x264_point(targets, qp) for qp in X264_CURVE]
-    return {name: [{"quality": p["quality"], "bpp": round(p["bytes"] * 8 / (FRAME_SIZE * FRAME_SIZE), 4),
-                    "psnr": round(p["psnr"], 2)} for p in curve] for name, curve in points.items()}
 
 
 def bd_rate(anchor: list[dict], test: list[dict]) -> float | None:
@@ -562,10 +548,10 @@ def bench_rate(args) -> dict:
         model = [{"latent_channels": c, "latent_bits": b, "bpp": r["bpp"], "psnr": r["frozen_psnr"],
                   "latent_bytes": r["latent_bytes"], "prequential_psnr": r["psnr"]}
                  for r, (c, b) in zip((r for r in rows if r["game"] == game), points)]
-        curves = baseline_curves(targets)
+        curves = rate_curves(targets)
         games[game] = {
             "model": model, "curves": curves,
-            "webp_lossless_bpp": round(float(np.mean([webp_lossless_bytes(t) for t in targets])) * 8 / pixels, 4),
+            "webp_lossless_bpp": round(CODECS["webp_lossless"].size(targets) * 8 / pixels, 4),
             "bd_rate": {name: bd_rate(curve, model) for name, curve in curves.items()},
         }
         log(f"{game}: BD-rate vs " + ", ".join(f"{k} {v}" for k, v in games[game]["bd_rate"].items()))
