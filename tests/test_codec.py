@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import bench
 from autoencoder import StreamingAutoEncoder
 from baselines import CODECS, decoded_psnr
+from benchmarks.rate import bd_rate
 from conftest import ale_frames
 from model import LatentQuantizer, ModelConfig
 from utils import preprocess_frame
@@ -191,7 +191,7 @@ def test_equal_psnr_searches_stop_where_the_next_worse_quality_falls_short(tiny_
 def test_bd_rate_of_a_curve_at_half_the_bits_is_minus_fifty_percent():
     anchor = [{"bpp": r, "psnr": p} for r, p in [(0.1, 30.0), (0.2, 33.0), (0.4, 35.5), (0.8, 37.0)]]
     half = [{"bpp": p["bpp"] / 2, "psnr": p["psnr"]} for p in anchor]
-    assert bench.bd_rate(anchor, half) == pytest.approx(-50.0, abs=0.01)
-    assert bench.bd_rate(half, anchor) == pytest.approx(100.0, abs=0.01)
+    assert bd_rate(anchor, half) == pytest.approx(-50.0, abs=0.01)
+    assert bd_rate(half, anchor) == pytest.approx(100.0, abs=0.01)
     apart = [{"bpp": p["bpp"], "psnr": p["psnr"] + 20} for p in anchor]
-    assert bench.bd_rate(anchor, apart) is None
+    assert bd_rate(anchor, apart) is None
