@@ -12,21 +12,11 @@ import math
 import torch
 
 from autoencoder import StreamingAutoEncoder
+from metrics import floor_psnr, psnr_value  # noqa: F401 (floor_psnr: the live loop takes the probe floor from here)
 
 DORMANT_THRESHOLD = 0.1
 EVAL_EVERY = 1000  # default steps between scorings of the probe sets
 PROBE_FRAMES = 64  # default held-out probe frames per game
-
-
-def psnr(mse: float) -> float:
-    """10 log10(1 / MSE) for images in [0, 1]."""
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def floor_psnr(frames: torch.Tensor) -> float:
-    """PSNR of the set's own mean frame used as the prediction of every frame."""
-    x = frames.double() / 255.0 if frames.dtype == torch.uint8 else frames.double()
-    return psnr((x - x.mean(dim=0)).square().mean().item())
 
 
 def upgd_plasticity(loss_before: torch.Tensor, loss_after: torch.Tensor) -> torch.Tensor:
@@ -89,7 +79,7 @@ def plasticity_metrics(model: StreamingAutoEncoder, probes: torch.Tensor, result
 
 def probe_psnrs(model: StreamingAutoEncoder, probe_sets: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per game: 10 log10(1 / mean MSE over its probe frames), without an update."""
-    return {game: psnr(model.evaluate(frames).mean().item()) for game, frames in probe_sets.items()}
+    return {game: psnr_value(model.evaluate(frames).mean().item()) for game, frames in probe_sets.items()}
 
 
 def scoring(model: StreamingAutoEncoder, probe_sets: dict[str, torch.Tensor], game: str,

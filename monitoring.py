@@ -10,6 +10,8 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from metrics import OnlineFloor  # noqa: F401 (the live loop takes the online floor from here)
+
 DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one batch
     "loss/total": "loss",
     "loss/mse": "mse",
@@ -31,38 +33,6 @@ LAYOUT = {  # TensorBoard's custom-scalars dashboard; its first chart compares t
     },
     "plasticity": {"dormant fraction and UPGD": ["Multiline", ["plasticity/dormant_fraction", "plasticity/upgd"]]},
 }
-
-
-class OnlineFloor:
-    """The online counterpart of the mean-frame floor: each frame is predicted by the running
-    mean of all earlier frames of the stream, and scored by that prediction's PSNR.
-
-    Everything stays on the device (no host sync); `state_dict` carries the mean and count
-    across resumes.
-    """
-
-    def __init__(self):
-        self.mean = None
-        self.count = 0
-
-    @torch.no_grad()
-    def update(self, frame: torch.Tensor) -> torch.Tensor:
-        """The floor PSNR of this (1, 3, H, W) frame (NaN for the first), then fold it into the mean."""
-        if self.mean is None or self.mean.shape != frame.shape:
-            self.mean, self.count = torch.zeros_like(frame), 0
-        psnr = -10.0 * torch.log10((frame - self.mean).square().mean().clamp_min(1e-10))
-        if self.count == 0:
-            psnr = torch.full_like(psnr, float("nan"))
-        self.count += 1
-        self.mean.add_(frame - self.mean, alpha=1.0 / self.count)
-        return psnr
-
-    def state_dict(self) -> dict:
-        return {"mean": None if self.mean is None else self.mean.cpu(), "count": self.count}
-
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.mean = None if state["mean"] is None else state["mean"].to(device)
-        self.count = int(state["count"])
 
 
 class PerformanceMonitor:

@@ -19,9 +19,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoencoder import StreamingAutoEncoder  # noqa: E402
-from bench import collect_frames, count_gflop  # noqa: E402
+from benchmarks.speed import count_gflop  # noqa: E402
 from loss import L1_WEIGHT, MSE_WEIGHT, SSIM_STRIDE, SSIM_WEIGHT, _blur_matrix, luma, reconstruction_loss, ssim  # noqa: E402
 from model import ModelConfig  # noqa: E402
+from stream import collect_frames  # noqa: E402
 from utils import keep_freed_memory, weighted_channel_sum  # noqa: E402
 
 CL = torch.channels_last

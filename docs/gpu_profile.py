@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoencoder import StreamingAutoEncoder  # noqa: E402
-from bench import collect_frames, timed_rate  # noqa: E402
+from benchmarks.speed import timed_rate  # noqa: E402
+from stream import collect_frames  # noqa: E402
 from utils import preprocess_frame  # noqa: E402
 
 

@@ -219,7 +219,7 @@ def continual_tables(name: str) -> str:
 
 
 if __name__ == "__main__":
-    from bench import plot_quality
+    from benchmarks.quality import plot as plot_quality
 
     sections = [
         ("Float latents at 20,000 frames", [r for g in GAMES for r in rows(f"default_20k_{g}")], "quality_20k.png"),

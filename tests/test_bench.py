@@ -7,7 +7,6 @@ import sys
 import cv2
 import pytest
 
-import bench
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import bench
 from autoencoder import StreamingAutoEncoder
-from baselines import (JPEG_QUALITIES, WEBP_QUALITIES, decode_image, decode_video, image_at_psnr, image_search, jpeg,
-                       psnr, webp, x264, x264_at_psnr, x264_search)
+from baselines import CODECS, decoded_psnr
+from benchmarks.rate import bd_rate
 from conftest import ale_frames
 from model import LatentQuantizer, ModelConfig
 from utils import preprocess_frame
@@ -136,39 +135,55 @@ def tiny_set() -> list[np.ndarray]:
     return [cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA) for f in ale_frames("Assault", 40)[::13]]
 
 
+def test_every_baseline_is_registered_in_the_order_of_the_json_fields():
+    assert list(CODECS) == ["jpeg", "webp", "x264", "png", "webp_lossless"]
+    assert [name for name, codec in CODECS.items() if codec.lossless] == ["png", "webp_lossless"]
+
+
 @pytest.mark.parametrize("name", ["jpeg", "webp"])
 def test_image_search_takes_the_largest_quality_that_fits(tiny_set, name):
-    encode, qualities = {"jpeg": (jpeg, JPEG_QUALITIES), "webp": (webp, WEBP_QUALITIES)}[name]
-    sizes = {q: np.mean([len(encode(f, q)) for f in tiny_set]) for q in qualities}
+    codec = CODECS[name]
+    qualities = codec.settings
+    sizes = {q: np.mean([len(data) for data in codec.encode(tiny_set, q)]) for q in qualities}
     for budget in (sizes[qualities[len(qualities) // 3]], sizes[qualities[-10]] + 1):
         expected = max(q for q in qualities if sizes[q] <= budget)
-        found = image_search(tiny_set, budget, encode, qualities)
+        found = codec.fitting(tiny_set, budget)
         assert found["quality"] == expected and found["bytes"] == sizes[expected] <= budget
         assert 10 < found["psnr"] < 60
-    assert image_search(tiny_set, sizes[qualities[0]] - 1, encode, qualities) is None
+    assert codec.fitting(tiny_set, sizes[qualities[0]] - 1) is None
 
 
 def test_x264_search_takes_the_best_quantiser_that_fits(tiny_set):
-    sizes = {qp: len(x264(tiny_set, qp)) / len(tiny_set) for qp in range(52)}
+    x264 = CODECS["x264"]
+    sizes = {qp: len(x264.encode(tiny_set, qp)[0]) / len(tiny_set) for qp in range(52)}
     budget = sizes[30]
     expected = min(qp for qp in range(52) if sizes[qp] <= budget)
-    found = x264_search(tiny_set, budget)
+    found = x264.fitting(tiny_set, budget)
     assert found["quality"] == expected and found["bytes"] == sizes[expected]
     assert found["psnr"] > 20
-    assert x264_search(tiny_set, sizes[51] - 1) is None
+    assert x264.fitting(tiny_set, sizes[51] - 1) is None
+
+
+def test_lossless_baselines_decode_every_frame_exactly(tiny_set):
+    for name in ("png", "webp_lossless"):
+        codec = CODECS[name]
+        decoded = codec.decode(codec.encode(tiny_set, None))
+        assert all(np.array_equal(d, f) for d, f in zip(decoded, tiny_set)), name
+        assert codec.size(tiny_set) == np.mean([len(data) for data in codec.encode(tiny_set, None)])
 
 
 def test_equal_psnr_searches_stop_where_the_next_worse_quality_falls_short(tiny_set):
     """PSNR grows with quality but can dip between neighbouring WebP settings, so a binary
     search promises a setting that reaches the target whose next worse one does not."""
-    scores = {q: psnr([decode_image(webp(f, q)) for f in tiny_set], tiny_set) for q in WEBP_QUALITIES}
+    webp, x264 = CODECS["webp"], CODECS["x264"]
+    scores = {q: decoded_psnr(webp.decode(webp.encode(tiny_set, q)), tiny_set) for q in webp.settings}
     for target in (scores[40], scores[75]):
-        found = image_at_psnr(tiny_set, target, webp, WEBP_QUALITIES)
+        found = webp.at_psnr(tiny_set, target)
         assert found["psnr"] == scores[found["quality"]] >= target
         assert found["quality"] == 0 or scores[found["quality"] - 1] < target
-    assert image_at_psnr(tiny_set, 99.0, webp, WEBP_QUALITIES) is None
-    video = {qp: psnr(decode_video(x264(tiny_set, qp)), tiny_set) for qp in range(52)}
-    found = x264_at_psnr(tiny_set, video[30])
+    assert webp.at_psnr(tiny_set, 99.0) is None
+    video = {qp: decoded_psnr(x264.decode(x264.encode(tiny_set, qp)), tiny_set) for qp in range(52)}
+    found = x264.at_psnr(tiny_set, video[30])
     assert found["psnr"] == video[found["quality"]] >= video[30]
     assert found["quality"] == 51 or video[found["quality"] + 1] < video[30]
 
@@ -176,7 +191,7 @@ def test_equal_psnr_searches_stop_where_the_next_worse_quality_falls_short(tiny_
 def test_bd_rate_of_a_curve_at_half_the_bits_is_minus_fifty_percent():
     anchor = [{"bpp": r, "psnr": p} for r, p in [(0.1, 30.0), (0.2, 33.0), (0.4, 35.5), (0.8, 37.0)]]
     half = [{"bpp": p["bpp"] / 2, "psnr": p["psnr"]} for p in anchor]
-    assert bench.bd_rate(anchor, half) == pytest.approx(-50.0, abs=0.01)
-    assert bench.bd_rate(half, anchor) == pytest.approx(100.0, abs=0.01)
+    assert bd_rate(anchor, half) == pytest.approx(-50.0, abs=0.01)
+    assert bd_rate(half, anchor) == pytest.approx(100.0, abs=0.01)
     apart = [{"bpp": p["bpp"], "psnr": p["psnr"] + 20} for p in anchor]
-    assert bench.bd_rate(anchor, apart) is None
+    assert bd_rate(anchor, apart) is None

@@ -1,0 +1,157 @@
+"""What the subcommands share: progress lines, `--set` overrides, the task record, and
+running tasks packed into stacked learners, in turn, in processes or as Ray tasks."""
+
+import argparse
+import ast
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from autoencoder import StreamingAutoEncoder
+from model import ModelConfig
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit(result: dict, one_line: bool) -> None:
+    """The subcommand's result on stdout: one JSON line (`--json`) or indented."""
+    print(json.dumps(result) if one_line else json.dumps(result, indent=2))
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs for ModelConfig (ablations), values parsed as Python literals."""
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        overrides[key] = ast.literal_eval(value)
+    return overrides
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
+
+
+def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
+    """--streams, --jobs, --threads and --ray, for a subcommand that runs its tasks with `run_tasks`."""
+    parser.add_argument("--streams", type=positive_int, default=1, metavar="K",
+                        help="streams per stacked learner: tasks of one optimizer learn K at a time in one update")
+    parser.add_argument("--jobs", type=positive_int, default=1, help="stacked learners run in parallel processes")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
+                        help="torch threads per process (per Ray task with --ray)")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run the stacked learners as Ray tasks on the cluster at ADDRESS (auto, ray://host:port); "
+                        "alone: on a local cluster")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One stream to learn and report as one row: what its learner is built from, and where
+    its row goes. Each subcommand adds the fields of its own streams."""
+
+    id: int  # the row's place in the result
+    optimizer: str
+    seed: int
+    lr: float | None
+    overrides: dict  # ModelConfig fields
+    threads: int
+    bar_line: int = 0  # the line of its pack's progress bar
+
+    def pack_key(self) -> str:
+        """Tasks with equal keys can share one stacked learner."""
+        return json.dumps([self.optimizer, self.lr, self.overrides], sort_keys=True)
+
+
+class Learners:
+    """The learners of a pack of tasks, each seeded as a lone run seeds it, run as one: the
+    lone learner, or all of them stacked (one update for every stream).
+
+    Every stream's frame goes in and every stream's results come out the same way for one
+    learner or many.
+    """
+
+    def __init__(self, tasks: list[Task]):
+        self.models = []
+        for task in tasks:
+            torch.manual_seed(task.seed)
+            self.models.append(StreamingAutoEncoder(replace(ModelConfig(), **task.overrides),
+                                                    optimizer=task.optimizer, lr=task.lr))
+        self.stacked = len(self.models) > 1
+        self.learner = StreamingAutoEncoder.stack(self.models) if self.stacked else self.models[0]
+
+    def update(self, frames: list) -> dict:
+        """One update of every stream, `frames` one per stream; a (1 or K)-stream result."""
+        return self.learner.update_params(list(frames) if self.stacked else frames[0])
+
+    def forget_previous_frame(self) -> None:
+        self.learner.forget_previous_frame()
+
+    def views(self) -> list[StreamingAutoEncoder]:
+        """Each stream as a model of its own that scores without an update."""
+        return [self.learner.view(k) for k in range(len(self.models))] if self.stacked else self.models
+
+    def stream_results(self, results: dict, k: int) -> dict:
+        """Stream k's part of an update's results."""
+        return self.learner.stream_results(results, k) if self.stacked else results
+
+    def unstack(self) -> list[StreamingAutoEncoder]:
+        """Each stream's learner, with the weights and state learned together."""
+        return self.learner.unstack() if self.stacked else self.models
+
+
+def packs(tasks: list[Task], streams: int) -> list[list[Task]]:
+    """The tasks in groups of up to `streams` that one stacked learner can run (same
+    optimizer, learning rate and model overrides), each group on a progress bar line of its own."""
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.pack_key(), []).append(task)
+    chunks = [group[i : i + streams] for group in groups.values() for i in range(0, len(group), streams)]
+    return [[replace(task, bar_line=line) for task in chunk] for line, chunk in enumerate(chunks)]
+
+
+def run_tasks(run, tasks: list[Task], args) -> list[dict]:
+    """Every task's row, in the tasks' order: `run` takes a pack of tasks (`--streams` per
+    pack) and returns their rows; packs run in turn, in `--jobs` processes, or as Ray tasks."""
+    work = packs(tasks, args.streams)
+    if args.ray is not None:
+        done = run_on_ray(run, work, args.ray, tasks[0].threads)
+    elif args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(run, work))
+    else:
+        done = [run(pack) for pack in work]
+    rows = {task.id: row for pack, pack_rows in zip(work, done) for task, row in zip(pack, pack_rows)}
+    return [rows[task.id] for task in tasks]
+
+
+def run_on_ray(run, work: list[list[Task]], address: str, threads: int) -> list[list[dict]]:
+    """The packs as Ray tasks of `threads` CPUs each, on the cluster at `address` ("local":
+    a cluster of this machine, started and stopped here). The code travels as the job's
+    working directory; every node needs the project's dependencies installed."""
+    # Ray would start workers through `uv run` when the driver was (without the ray extra); use this Python
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("bench.py: --ray needs Ray: uv sync --extra ray") from None
+    here = Path(__file__).resolve().parent.parent
+    ray.init(address=address, runtime_env={"working_dir": str(here), "excludes": [".venv", "runs", ".git"]},
+             include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        remote = ray.remote(num_cpus=threads)(run)
+        return ray.get([remote.remote(pack) for pack in work])
+    finally:
+        ray.shutdown()
