@@ -10,6 +10,7 @@ from torch import nn
 
 from codec import LatentCodec
 from loss import mark_constants_for_compile, reconstruction_loss
+from metrics import psnr
 from methods import make_method, stack_states, stream_state
 from model import AutoEncoder, Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios, hidden_layers
 from model import stream_network
@@ -477,7 +478,7 @@ def update_outputs(parts: dict, reconstruction: torch.Tensor, latents: list[torc
     """Every tensor an update reports, detached (one value per stream where there are K)."""
     return {
         **{k: v.detach() for k, v in parts.items()},
-        "psnr": -10.0 * torch.log10(parts["mse"].detach().clamp_min(1e-10)),
+        "psnr": psnr(parts["mse"].detach()),
         "reconstruction": reconstruction.detach(),
         **{f"embedding{i}": z.detach() for i, z in enumerate(latents)},
         "change_mask": change_mask,

@@ -75,41 +75,15 @@ class Task:
         return json.dumps([self.optimizer, self.lr, self.overrides], sort_keys=True)
 
 
-class Learners:
-    """The learners of a pack of tasks, each seeded as a lone run seeds it, run as one: the
-    lone learner, or all of them stacked (one update for every stream).
-
-    Every stream's frame goes in and every stream's results come out the same way for one
-    learner or many.
-    """
-
-    def __init__(self, tasks: list[Task]):
-        self.models = []
-        for task in tasks:
-            torch.manual_seed(task.seed)
-            self.models.append(StreamingAutoEncoder(replace(ModelConfig(), **task.overrides),
-                                                    optimizer=task.optimizer, lr=task.lr))
-        self.stacked = len(self.models) > 1
-        self.learner = StreamingAutoEncoder.stack(self.models) if self.stacked else self.models[0]
-
-    def update(self, frames: list) -> dict:
-        """One update of every stream, `frames` one per stream; a (1 or K)-stream result."""
-        return self.learner.update_params(list(frames) if self.stacked else frames[0])
-
-    def forget_previous_frame(self) -> None:
-        self.learner.forget_previous_frame()
-
-    def views(self) -> list[StreamingAutoEncoder]:
-        """Each stream as a model of its own that scores without an update."""
-        return [self.learner.view(k) for k in range(len(self.models))] if self.stacked else self.models
-
-    def stream_results(self, results: dict, k: int) -> dict:
-        """Stream k's part of an update's results."""
-        return self.learner.stream_results(results, k) if self.stacked else results
-
-    def unstack(self) -> list[StreamingAutoEncoder]:
-        """Each stream's learner, with the weights and state learned together."""
-        return self.learner.unstack() if self.stacked else self.models
+def build_learner(tasks: list[Task]) -> StreamingAutoEncoder:
+    """One learner for a pack of tasks, stream k seeded as a lone run of task k seeds it
+    (one task: that lone learner itself)."""
+    models = []
+    for task in tasks:
+        torch.manual_seed(task.seed)
+        models.append(StreamingAutoEncoder(replace(ModelConfig(), **task.overrides), optimizer=task.optimizer,
+                                           lr=task.lr))
+    return StreamingAutoEncoder.stack(models)
 
 
 def packs(tasks: list[Task], streams: int) -> list[list[Task]]:

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from benchmarks.common import Learners, Task, add_pack_arguments, add_set_argument, log, parse_overrides, run_tasks
+from benchmarks.common import build_learner, Task, add_pack_arguments, add_set_argument, log, parse_overrides, run_tasks
 from continual import PROBE_FRAMES, forgetting_summary, plasticity_metrics, probe_psnrs
 from metrics import floor_psnr
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -55,8 +55,8 @@ def run_pack(tasks: list[ContinualTask]) -> list[dict]:
     games, switch_every = first.games, first.switch_every
     schedule = Schedule(tuple(games), switch_every)
     total = switch_every * len(games) * first.cycles
-    learners = Learners(tasks)
-    views = learners.views()
+    learner = build_learner(tasks)
+    views = [learner.view(k) for k in range(len(tasks))]
     probes = [{g: probe_frames(g, task.seed, task.probe_frames) for g in games} for task in tasks]
 
     def probe_row(k: int) -> list[float]:
@@ -72,8 +72,8 @@ def run_pack(tasks: list[ContinualTask]) -> list[dict]:
     for step in range(1, total + 1):
         frames, switched = zip(*(stream.frame_for(step) for stream in streams))
         if switched[0]:  # one schedule: every stream switches at the same step
-            learners.forget_previous_frame()
-        results = learners.update(frames)
+            learner.forget_previous_frame()
+        results = learner.update_params(list(frames))
         scored = first.eval_every and step % first.eval_every == 0
         if step % switch_every == 0 or scored:
             for k in range(len(tasks)):
@@ -88,8 +88,8 @@ def run_pack(tasks: list[ContinualTask]) -> list[dict]:
         stream.close()
     segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrices[0]))]
     return [stream_row(task, model, probes[k], matrices[k], initial[k], curves[k], segment_games,
-                       learners.stream_results(results, k), schedule.game_at(total))
-            for k, (task, model) in enumerate(zip(tasks, learners.unstack()))]
+                       learner.stream_results(results, k), schedule.game_at(total))
+            for k, (task, model) in enumerate(zip(tasks, learner.unstack()))]
 
 
 def stream_row(task: ContinualTask, model: StreamingAutoEncoder, probes: dict, matrix: list, initial: list,

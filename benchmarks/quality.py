@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
 from baselines import CODECS, baseline_fields, bytes_at_psnr
-from benchmarks.common import (Learners, Task, add_pack_arguments, add_set_argument, log, parse_overrides,
+from benchmarks.common import (build_learner, Task, add_pack_arguments, add_set_argument, log, parse_overrides,
                                run_tasks)
 from metrics import floor_psnr, psnr, psnr_value
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -115,7 +115,7 @@ def run_pack(tasks: list[QualityTask]) -> list[dict]:
     baseline codecs; runs in its own process."""
     torch.set_num_threads(tasks[0].threads)
     frames_total = tasks[0].frames
-    learners = Learners(tasks)
+    learner = build_learner(tasks)
     envs, frames = zip(*(make_env(task.game, env_seed(task.seed, 0)) for task in tasks))
     frames = list(frames)
     tail_start = frames_total - max(1, frames_total // 10)
@@ -125,7 +125,7 @@ def run_pack(tasks: list[QualityTask]) -> list[dict]:
     bar = tqdm(total=frames_total, desc=f"{label}/{tasks[0].optimizer}", file=sys.stderr, mininterval=5,
                position=tasks[0].bar_line)
     for i in range(frames_total):
-        results = learners.update(frames)
+        results = learner.update_params(list(frames))
         mses[:, i] = results["mse"]
         if i >= tail_start:
             pixels = (results["input"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
@@ -136,7 +136,7 @@ def run_pack(tasks: list[QualityTask]) -> list[dict]:
             bar.set_postfix(psnr=f"{psnr_value(mses[:, i - 499 : i + 1].mean().item()):.2f}")
     bar.close()
     return [stream_row(task, model, env, frame, mses[k].tolist(), tail_frames[k], tail_start)
-            for k, (task, model, env, frame) in enumerate(zip(tasks, learners.unstack(), envs, frames))]
+            for k, (task, model, env, frame) in enumerate(zip(tasks, learner.unstack(), envs, frames))]
 
 
 def stream_row(task: QualityTask, model: StreamingAutoEncoder, env, frame: np.ndarray, mses: list[float],
