@@ -3,7 +3,8 @@
     uv run bench.py speed [--device cpu|cuda] [--window] [--json]
     uv run bench.py quality --frames N [--games G ...] [--optimizers O ...] [--plot P] [--json]
     uv run bench.py rate --frames N [--games G ...] [--points C:B ...] [--plot P] [--json]
-    uv run bench.py continual --games A B C --switch-every N --cycles C [--optimizers O ...] [--seeds S ...]
+    uv run bench.py continual --games A B C --switch-every N --cycles C [--optimizers O ...] [--methods M ...]
+                              [--seeds S ...]
     uv run bench.py soak --frames N [--json]
 
 Progress goes to stderr; with --json the last line of stdout is one JSON object. Each
@@ -11,9 +12,10 @@ subcommand lives in a module of its own under benchmarks/.
 """
 
 import argparse
+import sys
 
 from benchmarks import SUBCOMMANDS
-from benchmarks.common import emit
+from benchmarks.common import UsageError, emit
 
 
 def main() -> None:
@@ -24,7 +26,12 @@ def main() -> None:
         module.add_arguments(command)
         command.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = parser.parse_args()
-    emit(SUBCOMMANDS[args.command].run(args), args.json)
+    try:
+        result = SUBCOMMANDS[args.command].run(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,18 @@ import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from autoencoder import StreamingAutoEncoder
+from methods import METHODS, parse_options
 from model import ModelConfig
+
+
+class UsageError(ValueError):
+    """Bad input to a subcommand: reported as one line, exit status 2."""
 
 
 def log(message: str) -> None:
@@ -45,6 +50,31 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides")
 
 
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """--methods and --method-option, for a subcommand whose tasks each run one method."""
+    parser.add_argument("--methods", nargs="+", default=["none"], choices=list(METHODS),
+                        help="methods against forgetting and loss of plasticity (methods/), one row each")
+    parser.add_argument("--method-option", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                        help="a method hyper-parameter, given to every listed method that has it")
+
+
+def method_options(methods: list[str], pairs: list[str]) -> dict[str, dict]:
+    """Each method's options from KEY=VALUE pairs: a key goes to every method that has it;
+    a key no listed method has is an error (ValueError)."""
+    options = {method: {} for method in methods}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        takers = [m for m in methods if key in {f.name for f in fields(METHODS[m].Options)}]
+        if not sep or not takers:
+            raise UsageError(f"--method-option {pair!r}: no method of {', '.join(methods)} has an option {key!r}")
+        for method in takers:
+            options[method][key] = value
+    try:
+        return {method: asdict(parse_options(method, values)) for method, values in options.items()}
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     """--streams, --jobs, --threads and --ray, for a subcommand that runs its tasks with `run_tasks`."""
     parser.add_argument("--streams", type=positive_int, default=1, metavar="K",
@@ -68,11 +98,13 @@ class Task:
     lr: float | None
     overrides: dict  # ModelConfig fields
     threads: int
+    method: str = "none"
+    method_options: dict = field(default_factory=dict)
     bar_line: int = 0  # the line of its pack's progress bar
 
     def pack_key(self) -> str:
         """Tasks with equal keys can share one stacked learner."""
-        return json.dumps([self.optimizer, self.lr, self.overrides], sort_keys=True)
+        return json.dumps([self.optimizer, self.lr, self.overrides, self.method, self.method_options], sort_keys=True)
 
 
 def build_learner(tasks: list[Task]) -> StreamingAutoEncoder:
@@ -82,7 +114,7 @@ def build_learner(tasks: list[Task]) -> StreamingAutoEncoder:
     for task in tasks:
         torch.manual_seed(task.seed)
         models.append(StreamingAutoEncoder(replace(ModelConfig(), **task.overrides), optimizer=task.optimizer,
-                                           lr=task.lr))
+                                           lr=task.lr, method=task.method, method_options=task.method_options))
     return StreamingAutoEncoder.stack(models)
 
 

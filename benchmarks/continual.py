@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from benchmarks.common import build_learner, Task, add_pack_arguments, add_set_argument, log, parse_overrides, run_tasks
+from benchmarks.common import build_learner, Task, add_method_arguments, add_pack_arguments, method_options, add_set_argument, log, parse_overrides, run_tasks
 from continual import PROBE_FRAMES, forgetting_summary, plasticity_metrics, probe_psnrs
 from metrics import floor_psnr
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -24,6 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--switch-every", type=int, required=True, help="steps per game")
     parser.add_argument("--cycles", type=int, default=2, help="passes over the list of games")
     parser.add_argument("--optimizers", nargs="+", default=[DEFAULT_OPTIMIZER], choices=list(OPTIMIZERS))
+    add_method_arguments(parser)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     parser.add_argument("--eval-every", type=int, default=500, help="steps between probe scorings for the plot "
@@ -100,7 +101,8 @@ def stream_row(task: ContinualTask, model: StreamingAutoEncoder, probes: dict, m
     plasticity = plasticity_metrics(model, probes[last_game], results)
     summary = forgetting_summary(matrix, segment_games, floor, len(games))
     return {
-        "optimizer": task.optimizer, "seed": task.seed, "games": games, "switch_every": task.switch_every,
+        "optimizer": task.optimizer, "method": task.method, "method_options": task.method_options,
+        "seed": task.seed, "games": games, "switch_every": task.switch_every,
         "cycles": task.cycles, "psnr_matrix": matrix, "initial": initial, "floor": floor,
         "forgetting": [None if f is None else round(f, 3) for f in summary["forgetting"]],
         "bwt": None if summary["bwt"] is None else round(summary["bwt"], 3),
@@ -111,27 +113,31 @@ def stream_row(task: ContinualTask, model: StreamingAutoEncoder, probes: dict, m
     }
 
 
+def run_label(row: dict) -> str:
+    return row["optimizer"] if row["method"] == "none" else f"{row['optimizer']} + {row['method']}"
+
+
 def plot(rows: list[dict], path: str) -> None:
     """Every game's probe PSNR over the whole stream (mean over seeds), one panel per
-    optimizer, each segment shaded in the colour of the game it trains."""
+    optimizer and method, each segment shaded in the colour of the game it trains."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    labels = list(dict.fromkeys(run_label(r) for r in rows))
     games, switch_every = rows[0]["games"], rows[0]["switch_every"]
     colours = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(len(optimizers), 1, figsize=(11, 2.8 * len(optimizers)), squeeze=False, sharex=True)
-    for ax, optimizer in zip(axes[:, 0], optimizers):
-        runs = [r for r in rows if r["optimizer"] == optimizer]
+    fig, axes = plt.subplots(len(labels), 1, figsize=(11, 2.8 * len(labels)), squeeze=False, sharex=True)
+    for ax, label in zip(axes[:, 0], labels):
+        runs = [r for r in rows if run_label(r) == label]
         steps = [step for step, _ in runs[0]["curve"]]
         scores = np.mean([[scores for _, scores in r["curve"]] for r in runs], axis=0)
         for i in range(len(runs[0]["psnr_matrix"])):
             ax.axvspan(i * switch_every, (i + 1) * switch_every, color=colours[i % len(games)], alpha=0.08, lw=0)
         for g, game in enumerate(games):
             ax.plot(steps, scores[:, g], color=colours[g], label=game)
-        ax.set_title(f"{optimizer} (mean of {len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=10)
+        ax.set_title(f"{label} (mean of {len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=10)
         ax.set_ylabel("probe PSNR (dB)")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, ncol=len(games), loc="lower right")
@@ -143,10 +149,12 @@ def plot(rows: list[dict], path: str) -> None:
 def run(args) -> dict:
     """One row per (optimizer, seed), packed into stacked learners by `--streams`."""
     overrides = parse_overrides(args.set)
+    options = method_options(args.methods, args.method_option)
+    runs = [(o, m, s) for o in args.optimizers for m in args.methods for s in args.seeds]
     tasks = [ContinualTask(id=i, games=args.games, switch_every=args.switch_every, cycles=args.cycles, optimizer=o,
-                           seed=s, lr=args.lr, overrides=overrides, eval_every=args.eval_every,
-                           probe_frames=args.probe_frames, threads=args.threads)
-             for i, (o, s) in enumerate((o, s) for o in args.optimizers for s in args.seeds)]
+                           method=m, method_options=options[m], seed=s, lr=args.lr, overrides=overrides,
+                           eval_every=args.eval_every, probe_frames=args.probe_frames, threads=args.threads)
+             for i, (o, m, s) in enumerate(runs)]
     rows = run_tasks(run_pack, tasks, args)
     if args.plot:
         plot(rows, args.plot)
@@ -154,7 +162,7 @@ def run(args) -> dict:
     for row in rows:
         forgetting = " ".join(f"{g}:{f:.2f}" if f is not None else f"{g}:-" for g, f in zip(row["games"], row["forgetting"]))
         bwt = f"{row['bwt']:.2f}" if row["bwt"] is not None else "-"
-        log(f"{row['optimizer']:>13} seed {row['seed']}: bwt {bwt}  trend {row['plasticity_trend']:.2f}  "
+        log(f"{row['optimizer']:>13} {row['method']:>14} seed {row['seed']}: bwt {bwt}  trend {row['plasticity_trend']:.2f}  "
             f"forgetting {forgetting}")
         if not args.curves:
             del row["curve"]

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
 from baselines import CODECS, baseline_fields, bytes_at_psnr
-from benchmarks.common import (build_learner, Task, add_pack_arguments, add_set_argument, log, parse_overrides,
+from benchmarks.common import (build_learner, Task, add_method_arguments, add_pack_arguments, method_options, add_set_argument, log, parse_overrides,
                                run_tasks)
 from metrics import floor_psnr, psnr, psnr_value
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
     parser.add_argument("--optimizers", nargs="+", default=[DEFAULT_OPTIMIZER], choices=list(OPTIMIZERS))
+    add_method_arguments(parser)
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model after --frames")
@@ -147,7 +148,7 @@ def stream_row(task: QualityTask, model: StreamingAutoEncoder, env, frame: np.nd
     codec = frozen_codec(model, heldout)
     budget = codec["latent_bytes"]
     return {
-        "game": task.game, "optimizer": task.optimizer, "frames": task.frames, "heldout": len(heldout),
+        "game": task.game, "optimizer": task.optimizer, "method": task.method, "frames": task.frames, "heldout": len(heldout),
         "psnr": round(psnr_value(np.mean(mses[tail_start:])), 2),
         "floor_psnr": round(floor_psnr(tail_frames), 2),
         **codec,
@@ -191,17 +192,19 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def run(args) -> dict:
-    """One row per (game, optimizer), packed into stacked learners by `--streams`."""
+    """One row per (game, optimizer, method), packed into stacked learners by `--streams`."""
     overrides = parse_overrides(args.set)
-    tasks = [QualityTask(id=i, game=g, optimizer=o, frames=args.frames, heldout=args.heldout, seed=args.seed,
-                         overrides=overrides, lr=args.lr, threads=args.threads)
-             for i, (g, o) in enumerate((g, o) for g in args.games for o in args.optimizers)]
+    options = method_options(args.methods, args.method_option)
+    runs = [(g, o, m) for g in args.games for o in args.optimizers for m in args.methods]
+    tasks = [QualityTask(id=i, game=g, optimizer=o, method=m, method_options=options[m], frames=args.frames,
+                         heldout=args.heldout, seed=args.seed, overrides=overrides, lr=args.lr, threads=args.threads)
+             for i, (g, o, m) in enumerate(runs)]
     rows = run_tasks(run_pack, tasks, args)
     if args.plot:
         plot(rows, args.plot)
         log(f"plot: {args.plot}")
     for row in rows:
-        log(f"{row['game']:>14} {row['optimizer']:>13}: {row['psnr']:6.2f} dB  floor {row['floor_psnr']:6.2f}  "
+        log(f"{row['game']:>14} {row['optimizer']:>13} {row['method']:>14}: {row['psnr']:6.2f} dB  floor {row['floor_psnr']:6.2f}  "
             f"frozen {row['frozen_psnr']:6.2f} at {row['latent_bytes']} B  WebP {row.get('webp_psnr')}  "
             f"x264 {row.get('x264_psnr')}  lossless WebP {row.get('webp_lossless_bytes')} B")
         if not args.curves:

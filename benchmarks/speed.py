@@ -11,8 +11,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoencoder import StreamingAutoEncoder
-from benchmarks.common import add_set_argument, log, parse_overrides, positive_int
+from benchmarks.common import add_set_argument, log, method_options, parse_overrides, positive_int
 from continual import EVAL_EVERY, PROBE_FRAMES, scoring
+from methods import METHODS
 from model import ModelConfig
 from monitoring import TensorBoardLogger
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -36,7 +37,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--streams", type=positive_int, default=0, metavar="K",
                         help="time K stacked streams against the single learner (update_fps and the FLOPs are "
                         "then the K-stream update's; the loop and stages stay the single learner's)")
-    parser.add_argument("--pairs", type=positive_int, default=3, help="alternating windows per learner with --streams")
+    parser.add_argument("--method", choices=list(METHODS), default="none",
+                        help="time this method's update against the plain one in alternating windows")
+    parser.add_argument("--method-option", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                        help="a hyper-parameter of --method")
+    parser.add_argument("--pairs", type=positive_int, default=3,
+                        help="alternating windows per learner with --streams or --method")
 
 
 def sync(device: torch.device) -> None:
@@ -153,6 +159,27 @@ def stream_rates(args, config: ModelConfig, device: torch.device, single: Stream
     }
 
 
+def method_rates(args, config: ModelConfig, device: torch.device, plain: StreamingAutoEncoder,
+                 frames: list[np.ndarray]) -> dict:
+    """The learner with `--method` against the plain one, in alternating windows."""
+    options = method_options([args.method], args.method_option)[args.method]
+    torch.manual_seed(0)
+    learner = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, method=args.method,
+                                   method_options=options)
+    for i in range(3):
+        learner.update_params(frames[i])
+    plain_fps, method_fps = [], []
+    for _ in range(args.pairs):
+        plain_fps.append(timed_rate(lambda i: plain.update_params(frames[i % len(frames)]), args.updates, device, 1))
+        method_fps.append(timed_rate(lambda i: learner.update_params(frames[i % len(frames)]), args.updates, device, 1))
+    return {
+        "method": args.method,
+        "method_options": options,
+        "method_update_fps": round(statistics.median(method_fps), 2),
+        "method_ratio": round(statistics.median(m / p for m, p in zip(method_fps, plain_fps)), 3),
+    }
+
+
 def run(args) -> dict:
     """The default model's update rate, the live loop's rate and stages, its FLOPs and the
     matmul roofline on the same device and threads."""
@@ -179,6 +206,11 @@ def run(args) -> dict:
         # K streams do K single updates' arithmetic (FlopCounterMode counts a grouped convolution's
         # backward as if it were not grouped, K times too much)
         update_fps, gflop = streams.pop("update_fps"), gflop * args.streams
+
+    method = {}
+    if args.method != "none":
+        log(f"method {args.method} against the plain update, {args.pairs} pairs of windows")
+        method = method_rates(args, config, device, model, frames)
 
     log("env")
     env, frame = make_env("Breakout", env_seed(0, 0))
@@ -217,6 +249,7 @@ def run(args) -> dict:
         "matmul_gflops": round(peak, 1),
         "roofline_fraction": round(achieved / peak, 4),
         **streams,
+        **method,
         "stages_ms": stages,
         "loop_fps_unscored": round(loop_fps_unscored, 2),
         "probe_scoring_ms": round(scoring_s * 1e3, 1),
