@@ -11,6 +11,7 @@ from torch import nn
 
 import continual
 import main
+import observers
 import stream
 from autoencoder import StreamingAutoEncoder, create_streaming_ae
 from continual import dormant_fraction, effective_rank, forgetting_summary, scoring, upgd_plasticity
@@ -109,8 +110,8 @@ def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, m
     monkeypatch.setattr(PixelChangeDetector, "forward",
                         lambda self, frame: (detected.append(frame), real_detect(self, frame))[1])
     scorings = []
-    real_scoring = main.scoring
-    monkeypatch.setattr(main, "scoring", lambda *a: (scorings.append(a[0].step), real_scoring(*a))[1])
+    real_scoring = observers.scoring
+    monkeypatch.setattr(observers, "scoring", lambda *a: (scorings.append(a[0].step), real_scoring(*a))[1])
     monkeypatch.chdir(tmp_path)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

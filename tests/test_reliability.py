@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import main
+import runtime
 from autoencoder import StreamingAutoEncoder, create_streaming_ae
 from helpers import checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
 from model import ModelConfig
@@ -84,7 +85,7 @@ class _RunsCode:
 
 def _valid_checkpoint(path: Path, model: StreamingAutoEncoder | None = None) -> None:
     config, _ = main.parse_args(["--seed", "1", "--game", "Breakout"])
-    main.save_checkpoint(path, model or create_streaming_ae(), config, Schedule(("Breakout",), 5000), "runs/x")
+    runtime.save_checkpoint(path, model or create_streaming_ae(), config, Schedule(("Breakout",), 5000), "runs/x")
 
 
 def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
@@ -105,7 +106,7 @@ def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
     elif kind == "older format":
         _valid_checkpoint(path)
         checkpoint = torch.load(path, weights_only=True)
-        checkpoint["format_version"] = main.CHECKPOINT_FORMAT - 1
+        checkpoint["format_version"] = runtime.CHECKPOINT_FORMAT - 1
         torch.save(checkpoint, path)
     elif kind == "code":
         with open(path, "wb") as file:
