@@ -338,7 +338,7 @@ class StreamingAutoEncoder(nn.Module):
         grad_norm, finite = clip_gradient(self.flat_params.grad, training_loss)
         self.method.before_step(self, finite)
         step_size = self.optimizer.update(training_loss, finite)
-        statistics = self.method.after_step(self, finite, hidden)
+        statistics = self._per_stream(self.method.after_step(self, finite, hidden))
         if stage_marks is not None:
             stage_marks("optimizer")
         outputs = update_outputs(parts, reconstruction, latents, mask, step_size, finite, grad_norm)
@@ -442,7 +442,8 @@ class StreamingAutoEncoder(nn.Module):
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""
-        return {**asdict(self.config), "optimizer": self.optimizer_name}
+        return {**asdict(self.config), "optimizer": self.optimizer_name, "method": self.method_name,
+                "method_options": asdict(self.method.options)}
 
 
 def _check_stackable(models: list[StreamingAutoEncoder]) -> None:

@@ -12,7 +12,7 @@ import math
 import torch
 
 from autoencoder import StreamingAutoEncoder
-from metrics import floor_psnr, psnr_value  # noqa: F401 (floor_psnr: the live loop takes the probe floor from here)
+from metrics import psnr_value
 
 DORMANT_THRESHOLD = 0.1
 EVAL_EVERY = 1000  # default steps between scorings of the probe sets

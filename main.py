@@ -25,8 +25,10 @@ import torch
 from autoencoder import StreamingAutoEncoder
 from continual import EVAL_EVERY, PROBE_FRAMES
 from loop import FrameLoop
+from methods import METHODS, parse_options
 from model import ModelConfig
-from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY, OnlineFloor
+from metrics import OnlineFloor
+from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY
 from observers import CheckpointSaver, LiveView, OnlineFloorScore, ProbeScoring, TensorBoardLog
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from runtime import (StopFlag, UsageError, WriteFailure, check_writable_folder, load_checkpoint, lock_checkpoint,
@@ -58,6 +60,10 @@ class Config:
     optimizer: str = field(default=DEFAULT_OPTIMIZER, metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
                              + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
+    method: str = field(default="none", metadata={"help": "method against forgetting and loss of plasticity (methods/): "
+                        + ", ".join(METHODS)})
+    method_option: list[str] = field(default_factory=list, metadata={"help": "KEY=VALUE hyper-parameters of --method "
+                                     "(default: the method's own; when resuming, the checkpoint's)"})
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})
     latent_bits: int = field(default=8, metadata={"help": "bits per latent value, rounded in the forward pass "
                              "(0 = float latents, no bitstream)"})
@@ -73,6 +79,8 @@ class Config:
 
 
 def _flag_type(annotation) -> type:
+    if getattr(annotation, "__origin__", None) is list:
+        return list
     for kind in (bool, int, float):
         if annotation is kind or kind in getattr(annotation, "__args__", ()):
             return kind
@@ -87,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, set[str]]:
         kind = _flag_type(f.type)
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        elif kind is list:
+            parser.add_argument(flag, nargs="*", action="extend", help=f.metadata["help"], metavar="KEY=VALUE")
         else:
             parser.add_argument(flag, type=kind, help=f.metadata["help"], metavar=kind.__name__.upper())
     given = vars(parser.parse_args(argv))
@@ -122,6 +132,10 @@ def validate(config: Config) -> None:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.lr is not None and not config.lr > 0:
         raise UsageError(f"--lr must be > 0, got {config.lr}")
+    try:
+        parse_options(config.method, config.method_option)
+    except ValueError as error:
+        raise UsageError(f"--method {config.method}: {error}") from None
 
 
 def parse_games(text: str) -> tuple[str, ...]:
@@ -182,9 +196,10 @@ def prepare(argv: list[str] | None) -> tuple[Config, dict | None, Schedule, Path
 def build_model(config: Config, checkpoint: dict | None, device: torch.device) -> StreamingAutoEncoder:
     torch.manual_seed(config.seed)
     if checkpoint is not None:
-        return restore_model(checkpoint, config.lr, device, config.compile, config.checkpoint)
+        return restore_model(checkpoint, config.lr, device, config.compile, config.checkpoint, config.method_option)
     return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels, latent_bits=config.latent_bits),
-                                optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile)
+                                optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile,
+                                method=config.method, method_options=config.method_option)
 
 
 def live_loop(config: Config, model: StreamingAutoEncoder, schedule: Schedule, log_dir: Path,
@@ -243,7 +258,8 @@ def run_locked(config: Config, given: set[str]) -> int:
     games = ", ".join(f"{g} ({env_id(g)})" for g in schedule.games)
     every = f", {schedule.switch_every} steps each" if len(schedule.games) > 1 else ""
     print(f"game: {games}{every}  seed: {config.seed}")
-    print(f"device: {device}  optimizer: {model.optimizer_name} (lr {model.lr:g})")
+    method = f"  method: {model.method_name} {asdict(model.method.options)}" if model.method_name != "none" else ""
+    print(f"device: {device}  optimizer: {model.optimizer_name} (lr {model.lr:g}){method}")
     print(f"log folder: {log_dir}")
     if checkpoint:
         print(f"resumed from {config.checkpoint} at step {start_step}")

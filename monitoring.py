@@ -10,7 +10,6 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from metrics import OnlineFloor  # noqa: F401 (the live loop takes the online floor from here)
 
 DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one batch
     "loss/total": "loss",
@@ -106,6 +105,8 @@ class TensorBoardLogger:
         self._pending_steps: list[int] = []
         self._pending_values: list[torch.Tensor] = []
         self._pending_host: list[list[float]] = []
+        self._pending_method: list[torch.Tensor] = []
+        self._method_tags: list[str] = []
         self._last_write = time.monotonic()
         self._first_step: int | None = None
         self.writer.add_custom_scalars(LAYOUT)
@@ -135,6 +136,10 @@ class TensorBoardLogger:
             self._pending_steps.append(step)
             self._pending_values.append(self._device_row(results))
             self._pending_host.append([float(results[key]) for key in HOST_TAGS.values()])
+            method = results.get("method") or {}
+            if method:  # a method's own statistics: method/<name>
+                self._method_tags = [f"method/{name}" for name in method]
+                self._pending_method.append(torch.stack([value.float() for value in method.values()]))
         if step == self._first_step or step % self.image_every == 0:
             self.log_images(results, model)
         if step == self._first_step or step % self.histogram_every == 0:
@@ -171,7 +176,12 @@ class TensorBoardLogger:
                 for tag, value in zip(SCALAR_TAGS, row + host):
                     if value == value or tag != "quality/floor_psnr":  # the floor has no value at the first step
                         self.writer.add_scalar(tag, value, step)
+            if self._pending_method:
+                for step, row in zip(self._pending_steps, torch.stack(self._pending_method).cpu().tolist()):
+                    for tag, value in zip(self._method_tags, row):
+                        self.writer.add_scalar(tag, value, step)
             self._pending_steps, self._pending_values, self._pending_host = [], [], []
+            self._pending_method = []
         self.writer.flush()
         self._last_write = time.monotonic()
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from continual import floor_psnr, scoring
+from continual import scoring
 from loop import FrameLoop, Observer
-from monitoring import OnlineFloor, TensorBoardLogger
+from metrics import OnlineFloor, floor_psnr
+from monitoring import TensorBoardLogger
 from runtime import WriteFailure, save_checkpoint
 from stream import Schedule
 from viewer import Progress, Viewer

@@ -23,7 +23,7 @@ import torch
 
 from autoencoder import StreamingAutoEncoder
 from model import ModelConfig
-from monitoring import OnlineFloor
+from metrics import OnlineFloor
 from stream import Schedule
 
 CHECKPOINT_FORMAT = 3
@@ -99,6 +99,7 @@ def save_checkpoint(path: Path, model: StreamingAutoEncoder, config, schedule: S
         "architecture": model.architecture(),
         "log_dir": log_dir,
         "online_floor": (floor or OnlineFloor()).state_dict(),
+        "method_state": model.method.state_dict(),
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
@@ -126,16 +127,20 @@ def merge_with_checkpoint(config, given: set[str], checkpoint: dict):
     """Flags not given take the checkpoint's values; contradictions are errors."""
     saved = checkpoint["config"]
     architecture = checkpoint["architecture"]
-    for flag in ("latent_channels", "latent_bits", "optimizer"):
-        if flag in given and getattr(config, flag) != architecture[flag]:
+    saved_architecture = {"method": "none", **architecture}  # checkpoints made before methods: none
+    for flag in ("latent_channels", "latent_bits", "optimizer", "method"):
+        if flag in given and getattr(config, flag) != saved_architecture[flag]:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(config, flag)} contradicts the checkpoint's "
-                             f"{architecture[flag]}; {START_OVER}")
+                             f"{saved_architecture[flag]}; {START_OVER}")
     resumable = {"seed", "lr", "latent_channels", "latent_bits", "optimizer", "save_every", "log_every", "image_every",
                  "histogram_every", "compile", "eval_every", "probe_frames", "display_fps"}
     values = {k: saved[k] for k in resumable if k in saved and k not in given}
     values["latent_channels"] = architecture["latent_channels"]
     values["latent_bits"] = architecture["latent_bits"]
     values["optimizer"] = architecture["optimizer"]
+    values["method"] = saved_architecture["method"]
+    if "method_option" not in given:
+        values["method_option"] = [f"{k}={v}" for k, v in architecture.get("method_options", {}).items()]
     if "game" not in given:
         values["game"] = ",".join(checkpoint["schedule"]["games"])
     if "switch_every" not in given:
@@ -143,21 +148,25 @@ def merge_with_checkpoint(config, given: set[str], checkpoint: dict):
     return replace(config, **values)
 
 
-def restore_model(checkpoint: dict, lr: float | None, device: torch.device, compile: bool,
-                  path: str) -> StreamingAutoEncoder:
-    """The learner saved in `checkpoint` (weights, optimizer state, step); UsageError when
-    it does not fit this code's model."""
+def restore_model(checkpoint: dict, lr: float | None, device: torch.device, compile: bool, path: str,
+                  method_options: list[str] | None = None) -> StreamingAutoEncoder:
+    """The learner saved in `checkpoint` (weights, optimizer and method state, step), its
+    method's options `method_options` where given; UsageError when it does not fit this
+    code's model."""
     architecture = dict(checkpoint["architecture"])
     optimizer = architecture.pop("optimizer")
+    method = architecture.pop("method", "none")
+    options = method_options if method_options is not None else architecture.pop("method_options", {})
+    architecture.pop("method_options", None)
     try:
         model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
-        model = StreamingAutoEncoder(model_config, optimizer=optimizer, lr=lr, device=device, compile=compile)
+        model = StreamingAutoEncoder(model_config, optimizer=optimizer, lr=lr, device=device, compile=compile,
+                                     method=method, method_options=options)
         model.load_state_dict(checkpoint["model"])
         model.optimizer.load_state_dict(checkpoint["optimizer"])
+        model.method.load_state_dict(checkpoint.get("method_state", {}))
         for group in model.optimizer.param_groups:
             group["lr"] = model.lr
-            if "capturable" in group:  # Adam saved without a CUDA graph refuses to be captured in one
-                group["capturable"] = model.captured_step is not None
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"checkpoint {path} does not fit this model ({first_line}); {START_OVER}") from None

@@ -12,7 +12,7 @@ on the device (no hook may wait for the host):
 2. `before_step(learner, finite)`: after the gradient is clipped, before the optimizer;
 3. `after_step(learner, finite, hidden)`: after the optimizer, with every hidden layer's
    activation from the update's own forward pass when `reads_activations` is set; it
-   returns statistics, logged to TensorBoard as `method/<name>`;
+   returns statistics, one value per stream (K,), logged to TensorBoard as `method/<name>`;
 4. `on_cut(streams)`: a cut (a game switch) in those streams.
 
 Every per-stream value works on rows: `learner.rows(t)` gives a tensor with its leading

@@ -12,7 +12,7 @@ from autoencoder import StreamingAutoEncoder
 from helpers import read_scalars
 from loop import FrameLoop, Observer
 from model import ModelConfig
-from monitoring import OnlineFloor
+from metrics import OnlineFloor
 from observers import (CheckpointSaver, LiveView, MemorySamples, OnlineFloorScore, ProbeScoring, StageTimes,
                        TensorBoardLog)
 from runtime import UsageError, lock_checkpoint
