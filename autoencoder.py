@@ -4,16 +4,23 @@ import time
 import warnings
 from dataclasses import asdict
 
-import numpy as np
 import torch
 from torch import nn
 
 from codec import LatentCodec
 from loss import mark_constants_for_compile, reconstruction_loss
-from metrics import psnr
 from methods import make_method, stack_states, stream_state
-from model import AutoEncoder, Decoder, Encoder, ModelConfig, PixelChangeDetector, compression_ratios, hidden_layers
-from model import stream_network
+from metrics import psnr
+from model import (
+    AutoEncoder,
+    Decoder,
+    Encoder,
+    ModelConfig,
+    PixelChangeDetector,
+    compression_ratios,
+    hidden_layers,
+    stream_network,
+)
 from monitoring import PerformanceMonitor, TensorBoardLogger
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS, clip_gradient, make_optimizer, sparse_init_model_
 from utils import FRAME_SIZE, keep_freed_memory, preprocess_frame
@@ -68,8 +75,11 @@ class StreamingAutoEncoder(nn.Module):
         self.change_detector = PixelChangeDetector() if config.use_change_detector else None
         sparse_init_model_(self.network)
         self.device = torch.device(device)
-        use_graph = (compile and self.device.type == "cuda" and streams == 1 and method == "none") \
-            if cuda_graph is None else cuda_graph
+        use_graph = (
+            (compile and self.device.type == "cuda" and streams == 1 and method == "none")
+            if cuda_graph is None
+            else cuda_graph
+        )
         if use_graph and (self.device.type != "cuda" or streams > 1 or method != "none"):
             raise ValueError("cuda_graph=True needs a CUDA device, one stream and no method")
         if config.latent_noise and config.latent_bits and streams > 1:
@@ -84,7 +94,9 @@ class StreamingAutoEncoder(nn.Module):
         self.flat_params = self._flatten_parameters()
         self.optimizer_name = optimizer
         self.lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
-        self.optimizer = make_optimizer(optimizer, [self.flat_params], self.lr, streams=None if streams == 1 else streams)
+        self.optimizer = make_optimizer(
+            optimizer, [self.flat_params], self.lr, streams=None if streams == 1 else streams
+        )
         self.steps = [0] * streams
         self._cut = [False] * streams
         self.noise = None
@@ -127,9 +139,16 @@ class StreamingAutoEncoder(nn.Module):
         if len(models) == 1:
             return first
         with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten
-            learner = cls(first.config, optimizer=first.optimizer_name, lr=first.lr, change_weight=first.change_weight,
-                          device=first.device, method=first.method_name, method_options=first.method.options,
-                          streams=len(models))
+            learner = cls(
+                first.config,
+                optimizer=first.optimizer_name,
+                lr=first.lr,
+                change_weight=first.change_weight,
+                device=first.device,
+                method=first.method_name,
+                method_options=first.method.options,
+                streams=len(models),
+            )
         with torch.no_grad():
             learner.flat_params.copy_(torch.stack([m.flat_params.detach() for m in models]))
         for k, model in enumerate(models):
@@ -139,17 +158,27 @@ class StreamingAutoEncoder(nn.Module):
         previous = [m.change_detector.previous if m.change_detector is not None else None for m in models]
         fresh = [p is None or p.numel() == 0 for p in previous]
         if learner.change_detector is not None and not all(fresh):
-            learner.change_detector.previous = torch.cat([
-                torch.zeros(1, 3, FRAME_SIZE, FRAME_SIZE, device=learner.device) if f else p
-                for p, f in zip(previous, fresh)])
+            learner.change_detector.previous = torch.cat(
+                [
+                    torch.zeros(1, 3, FRAME_SIZE, FRAME_SIZE, device=learner.device) if f else p
+                    for p, f in zip(previous, fresh)
+                ]
+            )
         learner._cut = [m._cut[0] or f for m, f in zip(models, fresh)]  # no previous frame: no change
         return learner
 
     def _single(self) -> "StreamingAutoEncoder":
         """A fresh single learner of this configuration, built without touching the global RNG."""
         with torch.random.fork_rng(devices=[]):
-            return type(self)(self.config, optimizer=self.optimizer_name, lr=self.lr, change_weight=self.change_weight,
-                              device=self.device, method=self.method_name, method_options=self.method.options)
+            return type(self)(
+                self.config,
+                optimizer=self.optimizer_name,
+                lr=self.lr,
+                change_weight=self.change_weight,
+                device=self.device,
+                method=self.method_name,
+                method_options=self.method.options,
+            )
 
     def unstack(self) -> list["StreamingAutoEncoder"]:
         """K single learners: stream k's weights, optimizer and method state, step and change
@@ -179,7 +208,9 @@ class StreamingAutoEncoder(nn.Module):
         if k not in self._views:
             view = self._single()
             for p, (shape, stride, offset) in zip(view.parameters(), self.layout):
-                p.data = torch.as_strided(self.flat_params.detach(), shape, stride, k * self.flat_params.shape[1] + offset)
+                p.data = torch.as_strided(
+                    self.flat_params.detach(), shape, stride, k * self.flat_params.shape[1] + offset
+                )
             view.flat_params = self.flat_params.detach()[k]
             view.optimizer = None
             self._views[k] = view
@@ -193,9 +224,14 @@ class StreamingAutoEncoder(nn.Module):
         def one(v):
             return v[k : k + 1] if v.dim() == 4 else v[k]
 
-        return {name: [one(z) for z in v] if name == "embeddings" else
-                {key: one(s) for key, s in v.items()} if name == "method" else one(v)
-                for name, v in results.items()}
+        return {
+            name: [one(z) for z in v]
+            if name == "embeddings"
+            else {key: one(s) for key, s in v.items()}
+            if name == "method"
+            else one(v)
+            for name, v in results.items()
+        }
 
     # The network -----------------------------------------------------------------------------
 
@@ -279,13 +315,16 @@ class StreamingAutoEncoder(nn.Module):
         fps, step_ms = self.performance.tick(start)
         self.steps = [s + 1 for s in self.steps]
         embeddings = [outputs.pop(f"embedding{i}") for i in range(len(self.encoder.branches))]
-        method = {name[len("method/"):]: outputs.pop(name) for name in list(outputs) if name.startswith("method/")}
+        method = {name[len("method/") :]: outputs.pop(name) for name in list(outputs) if name.startswith("method/")}
         results = {**outputs, "embeddings": embeddings, "input": x, "method": method}
         if self.streams == 1:
             results.update(step=self.steps[0], fps=fps, step_ms=step_ms)
         else:
-            results.update(step=torch.tensor(self.steps), fps=torch.full((self.streams,), fps),
-                           step_ms=torch.full((self.streams,), step_ms))
+            results.update(
+                step=torch.tensor(self.steps),
+                fps=torch.full((self.streams,), fps),
+                step_ms=torch.full((self.streams,), step_ms),
+            )
         for observer in self.on_update:
             observer(results)
         if debug:
@@ -302,7 +341,8 @@ class StreamingAutoEncoder(nn.Module):
         if len(frames) != self.streams:
             raise ValueError(f"expected {self.streams} frames, one per stream, got {len(frames)}")
         return torch.cat([preprocess_frame(frame, self.device) for frame in frames]).contiguous(
-            memory_format=self.memory_format)
+            memory_format=self.memory_format
+        )
 
     def forget_previous_frame(self, streams: list[int] | None = None) -> None:
         """A cut, not motion, in the given streams (default: all): their next change mask
@@ -442,8 +482,12 @@ class StreamingAutoEncoder(nn.Module):
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this model."""
-        return {**asdict(self.config), "optimizer": self.optimizer_name, "method": self.method_name,
-                "method_options": asdict(self.method.options)}
+        return {
+            **asdict(self.config),
+            "optimizer": self.optimizer_name,
+            "method": self.method_name,
+            "method_options": asdict(self.method.options),
+        }
 
 
 def _check_stackable(models: list[StreamingAutoEncoder]) -> None:
@@ -454,18 +498,36 @@ def _check_stackable(models: list[StreamingAutoEncoder]) -> None:
     for k, model in enumerate(models):
         if model.streams > 1:
             raise ValueError(f"learner {k} is already stacked; unstack it first")
-        ours = (model.config, model.optimizer_name, model.lr, model.change_weight, model.device, model.method_name,
-                model.method.options)
-        theirs = (first.config, first.optimizer_name, first.lr, first.change_weight, first.device, first.method_name,
-                  first.method.options)
+        ours = (
+            model.config,
+            model.optimizer_name,
+            model.lr,
+            model.change_weight,
+            model.device,
+            model.method_name,
+            model.method.options,
+        )
+        theirs = (
+            first.config,
+            first.optimizer_name,
+            first.lr,
+            first.change_weight,
+            first.device,
+            first.method_name,
+            first.method.options,
+        )
         for label, a, b in zip(labels, ours, theirs):
             if a != b:
                 raise ValueError(f"cannot stack learners whose {label} differs: learner 0 has {b}, learner {k} has {a}")
-        groups = [{n: v for n, v in m.optimizer.param_groups[0].items() if not torch.is_tensor(v) and n != "params"}
-                  for m in (first, model)]
+        groups = [
+            {n: v for n, v in m.optimizer.param_groups[0].items() if not torch.is_tensor(v) and n != "params"}
+            for m in (first, model)
+        ]
         if groups[0] != groups[1]:
-            raise ValueError(f"cannot stack learners whose optimizer hyper-parameters differ: "
-                             f"learner 0 has {groups[0]}, learner {k} has {groups[1]}")
+            raise ValueError(
+                f"cannot stack learners whose optimizer hyper-parameters differ: "
+                f"learner 0 has {groups[0]}, learner {k} has {groups[1]}"
+            )
         if model.captured_step is not None:
             raise ValueError(f"learner {k} replays a CUDA graph; stack learners built without one")
     if len(models) > 1 and first.config.latent_noise and first.config.latent_bits:
@@ -474,8 +536,15 @@ def _check_stackable(models: list[StreamingAutoEncoder]) -> None:
         raise ValueError(f"optimizer {first.optimizer_name!r} has no stacked form (register it with stackable=True)")
 
 
-def update_outputs(parts: dict, reconstruction: torch.Tensor, latents: list[torch.Tensor], change_mask: torch.Tensor,
-                   step_size: torch.Tensor, finite: torch.Tensor, grad_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+def update_outputs(
+    parts: dict,
+    reconstruction: torch.Tensor,
+    latents: list[torch.Tensor],
+    change_mask: torch.Tensor,
+    step_size: torch.Tensor,
+    finite: torch.Tensor,
+    grad_norm: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Every tensor an update reports, detached (one value per stream where there are K)."""
     return {
         **{k: v.detach() for k, v in parts.items()},
@@ -536,8 +605,10 @@ class CapturedStep:
 
     def _unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         sizes = [shape.numel() for _, shape, _ in self.layout]
-        return {name: (part.view(shape) if dtype == torch.float32 else part.view(shape).to(dtype))
-                for (name, shape, dtype), part in zip(self.layout, flat.split(sizes))}
+        return {
+            name: (part.view(shape) if dtype == torch.float32 else part.view(shape).to(dtype))
+            for (name, shape, dtype), part in zip(self.layout, flat.split(sizes))
+        }
 
 
 def create_streaming_ae(
@@ -561,8 +632,9 @@ def create_streaming_ae(
     if input_channels != 3:
         raise ValueError("the model takes RGB frames: input_channels must be 3")
     config = ModelConfig(latent_channels=latent_channels, **config_overrides)
-    model = StreamingAutoEncoder(config, optimizer=optimizer, lr=lr, device=device, method=method,
-                                 method_options=method_options)
+    model = StreamingAutoEncoder(
+        config, optimizer=optimizer, lr=lr, device=device, method=method, method_options=method_options
+    )
     if use_tensorboard:
         model.logger = TensorBoardLogger(log_dir or "runs/streaming_ae", feature_maps=debug_vis)
         model.on_update.append(lambda results: model.logger.log_step(results, model))

@@ -84,11 +84,15 @@ class Codec:
         encoded = self.encode(frames, setting, limit)
         if encoded is None:
             return None
-        return {"psnr": decoded_psnr(self.decode(encoded), frames),
-                "bytes": sum(map(len, encoded)) / len(frames), "quality": setting}
+        return {
+            "psnr": decoded_psnr(self.decode(encoded), frames),
+            "bytes": sum(map(len, encoded)) / len(frames),
+            "quality": setting,
+        }
 
     def fitting(self, frames: Sequence[np.ndarray], budget: float) -> dict | None:
         """The point at the best setting whose mean size per frame fits `budget`, or None."""
+
         def attempt(setting) -> dict | None:
             point = self.point(frames, setting, limit=budget * len(frames))
             return point if point is not None and point["bytes"] <= budget else None
@@ -97,6 +101,7 @@ class Codec:
 
     def at_psnr(self, frames: Sequence[np.ndarray], target: float) -> dict | None:
         """The point at the worst setting whose PSNR reaches `target`, or None."""
+
         def attempt(setting) -> dict | None:
             point = self.point(frames, setting)
             return point if point["psnr"] >= target else None
@@ -167,7 +172,9 @@ class X264(Codec):
         total = 0
         try:
             for frame in [*frames, None]:
-                packets = stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24") if frame is not None else None)
+                packets = stream.encode(
+                    av.VideoFrame.from_ndarray(frame, format="rgb24") if frame is not None else None
+                )
                 for packet in packets:
                     total += packet.size
                     container.mux(packet)
@@ -231,6 +238,8 @@ def rate_curves(frames: Sequence[np.ndarray]) -> dict[str, list[dict]]:
     curves = {}
     for codec in lossy():
         points = [codec.point(frames, setting) for setting in codec.sweep]
-        curves[codec.name] = [{"quality": p["quality"], "bpp": round(p["bytes"] * 8 / pixels, 4),
-                               "psnr": round(p["psnr"], 2)} for p in points]
+        curves[codec.name] = [
+            {"quality": p["quality"], "bpp": round(p["bytes"] * 8 / pixels, 4), "psnr": round(p["psnr"], 2)}
+            for p in points
+        ]
     return curves

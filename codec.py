@@ -52,7 +52,7 @@ def dilate(mask: np.ndarray) -> np.ndarray:
     """True where `mask` (H, W) is true anywhere in the 3x3 neighbourhood."""
     padded = np.pad(mask, 1)
     h, w = mask.shape
-    return np.logical_or.reduce([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)])
+    return np.logical_or.reduce([padded[i : i + h, j : j + w] for i in range(3) for j in range(3)])
 
 
 class LatentCodec:
@@ -69,8 +69,9 @@ class LatentCodec:
     network untouched (no gradient, no state).
     """
 
-    def __init__(self, network: AutoEncoder, temporal: bool = True,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(
+        self, network: AutoEncoder, temporal: bool = True, memory_format: torch.memory_format = torch.contiguous_format
+    ):
         bits = network.config.latent_bits
         if not bits:
             raise ValueError("float latents (latent_bits=0) have no codes to entropy code")
@@ -80,8 +81,9 @@ class LatentCodec:
         self.temporal = temporal
         self.alphabet = 2**bits
         self.shapes = network.config.latent_shapes()
-        self.histogram = AdaptiveHistogram(sum(c for c, _, _ in self.shapes), CONTEXTS if temporal else 1,
-                                           self.alphabet)
+        self.histogram = AdaptiveHistogram(
+            sum(c for c, _, _ in self.shapes), CONTEXTS if temporal else 1, self.alphabet
+        )
         self.previous = [np.full(shape, self.alphabet // 2, dtype=np.int64) for shape in self.shapes]
         self.changed = [np.zeros(shape, dtype=bool) for shape in self.shapes]
         self.estimated_bits = 0.0
@@ -99,8 +101,9 @@ class LatentCodec:
                 symbols = ((codes[c] - self.previous[branch][c]) % self.alphabet if self.temporal else codes[c]).ravel()
                 probabilities = self.histogram.probabilities(channel, contexts)
                 self.estimated_bits -= float(np.log2(probabilities[np.arange(symbols.size), symbols]).sum())
-                coder.encode(symbols.astype(np.int32), constriction.stream.model.Categorical(perfect=False),
-                             probabilities)
+                coder.encode(
+                    symbols.astype(np.int32), constriction.stream.model.Categorical(perfect=False), probabilities
+                )
                 self._advance(branch, c, channel, contexts, symbols, codes[c])
                 channel += 1
         return coder.get_compressed().tobytes(), self._reconstruct()
@@ -113,11 +116,15 @@ class LatentCodec:
             for c in range(shape[0]):
                 contexts = self._contexts(branch, c)
                 probabilities = self.histogram.probabilities(channel, contexts)
-                symbols = coder.decode(constriction.stream.model.Categorical(perfect=False),
-                                       probabilities).astype(np.int64)
+                symbols = coder.decode(constriction.stream.model.Categorical(perfect=False), probabilities).astype(
+                    np.int64
+                )
                 previous = self.previous[branch][c]
-                codes = (previous + symbols.reshape(previous.shape)) % self.alphabet if self.temporal else \
-                    symbols.reshape(previous.shape)
+                codes = (
+                    (previous + symbols.reshape(previous.shape)) % self.alphabet
+                    if self.temporal
+                    else symbols.reshape(previous.shape)
+                )
                 self._advance(branch, c, channel, contexts, symbols, codes)
                 channel += 1
         return self._reconstruct()
@@ -130,8 +137,9 @@ class LatentCodec:
         sibling = changed[c - 1] if c > 0 else np.zeros_like(changed[c])  # already this frame's
         return (dilate(changed[c]).astype(np.int64) + changed[c] + 3 * sibling).ravel()
 
-    def _advance(self, branch: int, c: int, channel: int, contexts: np.ndarray, symbols: np.ndarray,
-                 codes: np.ndarray) -> None:
+    def _advance(
+        self, branch: int, c: int, channel: int, contexts: np.ndarray, symbols: np.ndarray, codes: np.ndarray
+    ) -> None:
         self.histogram.update(channel, contexts, symbols)
         self.changed[branch][c] = codes != self.previous[branch][c]
         self.previous[branch][c] = codes

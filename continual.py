@@ -82,16 +82,18 @@ def probe_psnrs(model: StreamingAutoEncoder, probe_sets: dict[str, torch.Tensor]
     return {game: psnr_value(model.evaluate(frames).mean().item()) for game, frames in probe_sets.items()}
 
 
-def scoring(model: StreamingAutoEncoder, probe_sets: dict[str, torch.Tensor], game: str,
-            results: dict | None) -> dict[str, float]:
+def scoring(
+    model: StreamingAutoEncoder, probe_sets: dict[str, torch.Tensor], game: str, results: dict | None
+) -> dict[str, float]:
     """Every tag of one scoring: `probe/psnr/<Game>` for each set and the plasticity metrics."""
     tags = {f"probe/psnr/{g}": value for g, value in probe_psnrs(model, probe_sets).items()}
     tags.update(plasticity_metrics(model, probe_sets[game], results))
     return tags
 
 
-def forgetting_summary(matrix: list[list[float]], segment_games: list[int], floor: list[float],
-                       games_per_cycle: int) -> dict:
+def forgetting_summary(
+    matrix: list[list[float]], segment_games: list[int], floor: list[float], games_per_cycle: int
+) -> dict:
     """Forgetting, backward transfer, segment gains and plasticity trend of a PSNR matrix.
 
     `matrix[i][g]`: probe PSNR of game g at the end of segment i; `segment_games[i]`:

@@ -60,8 +60,10 @@ def luma(image: torch.Tensor) -> torch.Tensor:
 
 def _blur_pair(size: tuple[int, int], stride: int, like: torch.Tensor):
     h, w = size
-    return (_blur_matrix(h, SSIM_WINDOW, SSIM_SIGMA, stride, like.device, like.dtype),
-            _blur_matrix(w, SSIM_WINDOW, SSIM_SIGMA, stride, like.device, like.dtype))
+    return (
+        _blur_matrix(h, SSIM_WINDOW, SSIM_SIGMA, stride, like.device, like.dtype),
+        _blur_matrix(w, SSIM_WINDOW, SSIM_SIGMA, stride, like.device, like.dtype),
+    )
 
 
 def _blur(maps: torch.Tensor, along_h: torch.Tensor, along_w: torch.Tensor) -> torch.Tensor:
@@ -171,7 +173,9 @@ class ReconstructionLoss(torch.autograd.Function):
 
 
 def reconstruction_loss(
-    reconstruction: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None,
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    pixel_weight: torch.Tensor | None = None,
     per_image: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The training loss and its parts: 0-d tensors, the mean over the N images, or with

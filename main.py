@@ -26,13 +26,23 @@ from autoencoder import StreamingAutoEncoder
 from continual import EVAL_EVERY, PROBE_FRAMES
 from loop import FrameLoop
 from methods import METHODS, parse_options
-from model import ModelConfig
 from metrics import OnlineFloor
+from model import ModelConfig
 from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY
 from observers import CheckpointSaver, LiveView, OnlineFloorScore, ProbeScoring, TensorBoardLog
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
-from runtime import (StopFlag, UsageError, WriteFailure, check_writable_folder, load_checkpoint, lock_checkpoint,
-                     merge_with_checkpoint, report_failed_writes, restore_model, start_tensorboard)
+from runtime import (
+    StopFlag,
+    UsageError,
+    WriteFailure,
+    check_writable_folder,
+    load_checkpoint,
+    lock_checkpoint,
+    merge_with_checkpoint,
+    report_failed_writes,
+    restore_model,
+    start_tensorboard,
+)
 from stream import DEFAULT_GAMES, FrameStream, Schedule, env_id, installed_games, probe_frames
 from viewer import DISPLAY_FPS, display_usable
 
@@ -41,41 +51,87 @@ from viewer import DISPLAY_FPS, display_usable
 class Config:
     """Every flag of main.py; `--help` prints these help texts."""
 
-    game: str | None = field(default=None, metadata={"help": "CamelCase ALE game (Breakout, MsPacman, ...), or a "
-                             "comma-separated schedule A,B,C; default: one of " + ", ".join(DEFAULT_GAMES)
-                             + " picked from --seed"})
+    game: str | None = field(
+        default=None,
+        metadata={
+            "help": "CamelCase ALE game (Breakout, MsPacman, ...), or a "
+            "comma-separated schedule A,B,C; default: one of " + ", ".join(DEFAULT_GAMES) + " picked from --seed"
+        },
+    )
     switch_every: int = field(default=5000, metadata={"help": "steps per game when --game lists several"})
-    eval_every: int = field(default=EVAL_EVERY, metadata={"help": "steps between scorings of the held-out probe "
-                            "sets (and at the last step); 0 = never"})
+    eval_every: int = field(
+        default=EVAL_EVERY,
+        metadata={"help": "steps between scorings of the held-out probe sets (and at the last step); 0 = never"},
+    )
     probe_frames: int = field(default=PROBE_FRAMES, metadata={"help": "held-out probe frames per game"})
-    steps: int = field(default=0, metadata={"help": "stop at this total step count, resumed steps included; 0 = until Ctrl+C"})
-    seed: int | None = field(default=None, metadata={"help": "seeds the game choice, policy, env and torch (default: random, printed)"})
+    steps: int = field(
+        default=0, metadata={"help": "stop at this total step count, resumed steps included; 0 = until Ctrl+C"}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "seeds the game choice, policy, env and torch (default: random, printed)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     window: str = field(default="auto", metadata={"help": "auto (a window when a display is usable), on, off"})
-    log_dir: str | None = field(default=None, metadata={"help": "TensorBoard folder (default: runs/<game>__<seed>__<time>, "
-                                "or the checkpoint's when resuming)"})
-    checkpoint: str = field(default="quick_demo_model.pth", metadata={"help": "checkpoint file to resume from and save to"})
-    fresh: bool = field(default=False, metadata={"help": "ignore an existing checkpoint (it is replaced at the first save)"})
+    log_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "TensorBoard folder (default: runs/<game>__<seed>__<time>, or the checkpoint's when resuming)"
+        },
+    )
+    checkpoint: str = field(
+        default="quick_demo_model.pth", metadata={"help": "checkpoint file to resume from and save to"}
+    )
+    fresh: bool = field(
+        default=False, metadata={"help": "ignore an existing checkpoint (it is replaced at the first save)"}
+    )
     save_every: int = field(default=1000, metadata={"help": "steps between checkpoint saves (and at every normal end)"})
-    optimizer: str = field(default=DEFAULT_OPTIMIZER, metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default per optimizer: "
-                             + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + ")"})
-    method: str = field(default="none", metadata={"help": "method against forgetting and loss of plasticity (methods/): "
-                        + ", ".join(METHODS)})
-    method_option: list[str] = field(default_factory=list, metadata={"help": "KEY=VALUE hyper-parameters of --method "
-                                     "(default: the method's own; when resuming, the checkpoint's)"})
+    optimizer: str = field(
+        default=DEFAULT_OPTIMIZER, metadata={"help": "; ".join(f"{k}: {v.summary}" for k, v in OPTIMIZERS.items())}
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate (default per optimizer: "
+            + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items())
+            + ")"
+        },
+    )
+    method: str = field(
+        default="none",
+        metadata={"help": "method against forgetting and loss of plasticity (methods/): " + ", ".join(METHODS)},
+    )
+    method_option: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "KEY=VALUE hyper-parameters of --method "
+            "(default: the method's own; when resuming, the checkpoint's)"
+        },
+    )
     latent_channels: int = field(default=3, metadata={"help": "channels of the 3x3 branch's latent"})
-    latent_bits: int = field(default=8, metadata={"help": "bits per latent value, rounded in the forward pass "
-                             "(0 = float latents, no bitstream)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the network and loss, and on CUDA replay "
-                          "each update as one captured CUDA graph (faster per step, a minute or more to compile first)"})
-    tensorboard: bool = field(default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"})
-    display_fps: float = field(default=DISPLAY_FPS, metadata={"help": "most window redraws per second (learning runs on every frame)"})
+    latent_bits: int = field(
+        default=8,
+        metadata={"help": "bits per latent value, rounded in the forward pass (0 = float latents, no bitstream)"},
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the network and loss, and on CUDA replay "
+            "each update as one captured CUDA graph (faster per step, a minute or more to compile first)"
+        },
+    )
+    tensorboard: bool = field(
+        default=False, metadata={"help": "also start a TensorBoard server on 127.0.0.1 and print its URL"}
+    )
+    display_fps: float = field(
+        default=DISPLAY_FPS, metadata={"help": "most window redraws per second (learning runs on every frame)"}
+    )
     log_every: int = field(default=SCALAR_EVERY, metadata={"help": "steps between TensorBoard scalar points"})
-    image_every: int = field(default=IMAGE_EVERY, metadata={"help": "steps between TensorBoard images (also at the first "
-                             "and last step)"})
-    histogram_every: int = field(default=HISTOGRAM_EVERY, metadata={"help": "steps between parameter histograms (also "
-                                 "first and last step)"})
+    image_every: int = field(
+        default=IMAGE_EVERY, metadata={"help": "steps between TensorBoard images (also at the first and last step)"}
+    )
+    histogram_every: int = field(
+        default=HISTOGRAM_EVERY, metadata={"help": "steps between parameter histograms (also first and last step)"}
+    )
 
 
 def _flag_type(annotation) -> type:
@@ -114,8 +170,15 @@ def resolve_device(name: str) -> torch.device:
 def validate(config: Config) -> None:
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0 (0 = until Ctrl+C), got {config.steps}")
-    for name in ("save_every", "log_every", "image_every", "histogram_every", "latent_channels", "switch_every",
-                 "probe_frames"):
+    for name in (
+        "save_every",
+        "log_every",
+        "image_every",
+        "histogram_every",
+        "latent_channels",
+        "switch_every",
+        "probe_frames",
+    ):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if not 0 <= config.latent_bits <= 16:
@@ -197,13 +260,25 @@ def build_model(config: Config, checkpoint: dict | None, device: torch.device) -
     torch.manual_seed(config.seed)
     if checkpoint is not None:
         return restore_model(checkpoint, config.lr, device, config.compile, config.checkpoint, config.method_option)
-    return StreamingAutoEncoder(ModelConfig(latent_channels=config.latent_channels, latent_bits=config.latent_bits),
-                                optimizer=config.optimizer, lr=config.lr, device=device, compile=config.compile,
-                                method=config.method, method_options=config.method_option)
+    return StreamingAutoEncoder(
+        ModelConfig(latent_channels=config.latent_channels, latent_bits=config.latent_bits),
+        optimizer=config.optimizer,
+        lr=config.lr,
+        device=device,
+        compile=config.compile,
+        method=config.method,
+        method_options=config.method_option,
+    )
 
 
-def live_loop(config: Config, model: StreamingAutoEncoder, schedule: Schedule, log_dir: Path,
-              checkpoint: dict | None, window: bool) -> tuple[FrameLoop, CheckpointSaver, LiveView]:
+def live_loop(
+    config: Config,
+    model: StreamingAutoEncoder,
+    schedule: Schedule,
+    log_dir: Path,
+    checkpoint: dict | None,
+    window: bool,
+) -> tuple[FrameLoop, CheckpointSaver, LiveView]:
     """The live viewer's loop over the schedule's frames, with its checkpoint saver and view.
     Its observers, in order: the online floor, TensorBoard, probe scoring (unless
     --eval-every 0), checkpoints, the view."""
@@ -214,20 +289,47 @@ def live_loop(config: Config, model: StreamingAutoEncoder, schedule: Schedule, l
     events = []
     changed = checkpoint is not None and checkpoint["schedule"]["games"] != list(schedule.games)
     if changed:
-        events.append((f"schedule changed from {','.join(checkpoint['schedule']['games'])} to "
-                       f"{','.join(schedule.games)} at step {start_step}", start_step))
+        events.append(
+            (
+                f"schedule changed from {','.join(checkpoint['schedule']['games'])} to "
+                f"{','.join(schedule.games)} at step {start_step}",
+                start_step,
+            )
+        )
     settings = {**asdict(config), "device": str(model.device), "resumed_at": start_step}
     observers = [
         OnlineFloorScore(floor),
-        TensorBoardLog(log_dir, config.log_every, config.image_every, config.histogram_every,
-                       resumed_at=start_step if checkpoint else None, settings=settings, events=events),
+        TensorBoardLog(
+            log_dir,
+            config.log_every,
+            config.image_every,
+            config.histogram_every,
+            resumed_at=start_step if checkpoint else None,
+            settings=settings,
+            events=events,
+        ),
     ]
     if config.eval_every:
         probe_sets = {g: probe_frames(g, config.seed, config.probe_frames) for g in schedule.games}
-        observers.append(ProbeScoring(probe_sets, schedule, config.eval_every, last_step=config.steps,
-                                      floors=checkpoint is None or changed, log_start=checkpoint is None))
-    saver = CheckpointSaver(Path(config.checkpoint), config.save_every, config, schedule, log_dir, floor,
-                            saved_step=start_step if checkpoint else None)
+        observers.append(
+            ProbeScoring(
+                probe_sets,
+                schedule,
+                config.eval_every,
+                last_step=config.steps,
+                floors=checkpoint is None or changed,
+                log_start=checkpoint is None,
+            )
+        )
+    saver = CheckpointSaver(
+        Path(config.checkpoint),
+        config.save_every,
+        config,
+        schedule,
+        log_dir,
+        floor,
+        saved_step=start_step if checkpoint else None,
+    )
     view = LiveView(schedule, window, config.display_fps, config.steps)
     games = [checkpoint["game"] if checkpoint else None]
     loop = FrameLoop(model, FrameStream(schedule, config.seed), [*observers, saver, view], step=start_step, games=games)
@@ -247,7 +349,9 @@ def run_locked(config: Config, given: set[str]) -> int:
     config, checkpoint, schedule, log_dir = resolve(config, given)
     start_step = int(checkpoint["step"]) if checkpoint else 0
     if config.steps and start_step >= config.steps:
-        print(f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do")
+        print(
+            f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do"
+        )
         return 0
     stop = StopFlag()  # from here on, Ctrl+C and SIGTERM end the run with a save
     report_failed_writes()
@@ -276,8 +380,11 @@ def run_locked(config: Config, given: set[str]) -> int:
         if saver.saved_step is not None:
             intact = f"the checkpoint at step {saver.saved_step} is intact"
         else:
-            intact = "the checkpoint file already there is intact" if Path(config.checkpoint).exists() \
+            intact = (
+                "the checkpoint file already there is intact"
+                if Path(config.checkpoint).exists()
                 else "no checkpoint was saved"
+            )
         sys.stdout.flush()
         print(f"error: {failure}; {intact}", file=sys.stderr, flush=True)
         return 1

@@ -184,9 +184,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         shapes = config.latent_shapes()
-        self.branches = nn.ModuleList(
-            EncoderBranch(k, shape[0], config) for k, shape in zip(BRANCH_KERNELS, shapes)
-        )
+        self.branches = nn.ModuleList(EncoderBranch(k, shape[0], config) for k, shape in zip(BRANCH_KERNELS, shapes))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [branch(x) for branch in self.branches]
@@ -327,6 +325,7 @@ class Decoder(nn.Module):
     def hidden(self, latents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(fused 28x28 features, upsampled 56x56 features, output image): the hidden maps
         after their activation, and the reconstruction."""
+
         def resize(z: torch.Tensor) -> torch.Tensor:
             return F.interpolate(z, size=(self.fused_size, self.fused_size), mode="bilinear", align_corners=False)
 
@@ -411,6 +410,7 @@ def hidden_layers(config: ModelConfig) -> dict[str, HiddenLayer]:
     layers["decoder.up"] = HiddenLayer("decoder.up.0", "decoder.to_rgb.0", group=4)
     return layers
 
+
 class StreamConv2d(nn.Module):
     """K convolutions of one shape, one per stream, as one grouped convolution.
 
@@ -431,11 +431,21 @@ class StreamConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         streams = self.weight.shape[0]
         if not x.requires_grad and x.device.type == "cpu":
-            return torch.cat([F.conv2d(x[k : k + 1], self.weight[k], self.bias[k], self.stride, self.padding,
-                                       groups=self.groups) for k in range(streams)])
+            return torch.cat(
+                [
+                    F.conv2d(x[k : k + 1], self.weight[k], self.bias[k], self.stride, self.padding, groups=self.groups)
+                    for k in range(streams)
+                ]
+            )
         folded = x.reshape(1, -1, *x.shape[-2:])  # (K, C, H, W) -> (1, K*C, H, W), a copy if channels_last
-        out = F.conv2d(folded, self.weight.flatten(0, 1), self.bias.flatten(), self.stride, self.padding,
-                       groups=streams * self.groups)
+        out = F.conv2d(
+            folded,
+            self.weight.flatten(0, 1),
+            self.bias.flatten(),
+            self.stride,
+            self.padding,
+            groups=streams * self.groups,
+        )
         return out.view(streams, -1, *out.shape[-2:])
 
 

@@ -10,7 +10,6 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-
 DEVICE_TAGS = {  # values that live on the device: buffered there, copied in one batch
     "loss/total": "loss",
     "loss/mse": "mse",

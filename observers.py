@@ -39,8 +39,16 @@ class TensorBoardLog(Observer):
     table, `events` as (text, step) events. A failed write is a WriteFailure naming the
     event file."""
 
-    def __init__(self, log_dir: Path, scalar_every: int, image_every: int, histogram_every: int,
-                 resumed_at: int | None = None, settings: dict | None = None, events=()):
+    def __init__(
+        self,
+        log_dir: Path,
+        scalar_every: int,
+        image_every: int,
+        histogram_every: int,
+        resumed_at: int | None = None,
+        settings: dict | None = None,
+        events=(),
+    ):
         self.log_dir, self.resumed_at = log_dir, resumed_at
         self.every = {"scalar_every": scalar_every, "image_every": image_every, "histogram_every": histogram_every}
         self.settings, self.events = settings, list(events)
@@ -96,8 +104,16 @@ class ProbeScoring(Observer):
     `stream` picks one stream of a K-stream learner; `latest` holds the last scoring's scores
     (made at `scored_step`), for a caller that scores several streams."""
 
-    def __init__(self, probe_sets: dict[str, torch.Tensor], schedule: Schedule, every: int, last_step: int = 0,
-                 floors: bool = True, log_start: bool = True, stream: int | None = None):
+    def __init__(
+        self,
+        probe_sets: dict[str, torch.Tensor],
+        schedule: Schedule,
+        every: int,
+        last_step: int = 0,
+        floors: bool = True,
+        log_start: bool = True,
+        stream: int | None = None,
+    ):
         self.probe_sets, self.schedule, self.every, self.last_step = probe_sets, schedule, every, last_step
         self.floors, self.log_start, self.stream = floors, log_start, stream
         self.latest: dict[str, float] = {}
@@ -132,8 +148,16 @@ class CheckpointSaver(Observer):
     end; after a failure it still tries, unless the run failed before it began.
     `saved_step` is the step of the checkpoint on disk (None: none saved or loaded)."""
 
-    def __init__(self, path: Path, every: int, config, schedule: Schedule, log_dir: Path, floor: OnlineFloor,
-                 saved_step: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        every: int,
+        config,
+        schedule: Schedule,
+        log_dir: Path,
+        floor: OnlineFloor,
+        saved_step: int | None = None,
+    ):
         self.path, self.every, self.config, self.schedule = path, every, config, schedule
         self.log_dir, self.floor, self.saved_step = log_dir, floor, saved_step
         self.started = False

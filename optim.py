@@ -15,7 +15,7 @@ new one needs; one that accepts `streams` can also run in a stacked learner.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -85,9 +85,13 @@ class RowOptimizer:
         device = self.params[0].device
         for name in self.group_tensors:
             self.param_groups[0][name] = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.state = {p: {**{name: torch.zeros_like(p) for name in self.vectors},
-                          **{name: torch.zeros(shape, dtype=p.dtype, device=device) for name in self.per_step}}
-                      for p in self.params}
+        self.state = {
+            p: {
+                **{name: torch.zeros_like(p) for name in self.vectors},
+                **{name: torch.zeros(shape, dtype=p.dtype, device=device) for name in self.per_step},
+            }
+            for p in self.params
+        }
 
     @property
     def hyper(self) -> dict:
@@ -140,8 +144,11 @@ class RowOptimizer:
 
     def stream_state_dict(self, k: int) -> dict:
         """Stream k's state in the format of a single-stream optimizer of this class."""
-        hyper = {name: (value[k].clone() if name in self.group_tensors else value)
-                 for name, value in self.hyper.items() if name != "params"}
+        hyper = {
+            name: (value[k].clone() if name in self.group_tensors else value)
+            for name, value in self.hyper.items()
+            if name != "params"
+        }
         return {
             "state": {i: {name: t[k].clone() for name, t in self.state[p].items()} for i, p in enumerate(self.params)},
             "param_groups": [{**hyper, "params": list(range(len(self.params)))}],
@@ -178,8 +185,15 @@ class ObGD(RowOptimizer):
 
     vectors = ("trace",)
 
-    def __init__(self, params, lr: float = 1.0, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
-                 streams: int | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1.0,
+        gamma: float = 0.99,
+        lamda: float = 0.8,
+        kappa: float = 2.0,
+        streams: int | None = None,
+    ):
         super().__init__(params, dict(lr=lr, gamma=gamma, lamda=lamda, kappa=kappa), streams)
 
     @torch.no_grad()
@@ -237,10 +251,20 @@ class AdaptiveObGD(ObGD):
     vectors = ("trace", "v")
     group_tensors = ("count",)
 
-    def __init__(self, params, lr: float = 1e-3, gamma: float = 0.99, lamda: float = 0.8, kappa: float = 2.0,
-                 beta2: float = 0.999, eps: float = 1e-8, streams: int | None = None):
-        RowOptimizer.__init__(self, params, dict(lr=lr, gamma=gamma, lamda=lamda, kappa=kappa, beta2=beta2, eps=eps),
-                              streams)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        gamma: float = 0.99,
+        lamda: float = 0.8,
+        kappa: float = 2.0,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        streams: int | None = None,
+    ):
+        RowOptimizer.__init__(
+            self, params, dict(lr=lr, gamma=gamma, lamda=lamda, kappa=kappa, beta2=beta2, eps=eps), streams
+        )
 
     @torch.no_grad()
     def step(self, delta: float | torch.Tensor = 1.0, loss: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,8 +300,14 @@ class StreamingAdam(RowOptimizer):
     vectors = ("exp_avg", "exp_avg_sq")
     per_step = ("step",)
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 streams: int | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        streams: int | None = None,
+    ):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps), streams)
 
     @torch.no_grad()
@@ -295,7 +325,7 @@ class StreamingAdam(RowOptimizer):
             exp_avg.lerp_(grad, _per_row((1 - beta1) * taken, grad))
             exp_avg_sq.lerp_(grad * grad, _per_row((1 - beta2) * taken, grad))
             counted = steps.clamp(min=1)  # a stream that never stepped has zero moments: no step either way
-            denominator = (exp_avg_sq.sqrt() / _per_row((1 - torch.pow(beta2, counted)).sqrt(), grad))
+            denominator = exp_avg_sq.sqrt() / _per_row((1 - torch.pow(beta2, counted)).sqrt(), grad)
             step_size = self.hyper["lr"] / (1 - torch.pow(beta1, counted)) * taken
             self.rows(p).sub_(exp_avg / denominator.add_(self.hyper["eps"]) * _per_row(step_size, grad))
         return self.out(params[0].new_full((len(taken),), self.hyper["lr"]))
@@ -370,16 +400,22 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {}
 DEFAULT_OPTIMIZER = "obgd-adaptive"  # measured better than the reference rule (docs/BENCHMARKS.md)
 
 
-def register_optimizer(name: str, build: Callable[..., StreamingOptimizer], default_lr: float, summary: str,
-                       stackable: bool = False) -> None:
+def register_optimizer(
+    name: str, build: Callable[..., StreamingOptimizer], default_lr: float, summary: str, stackable: bool = False
+) -> None:
     """Make `build(params, lr=...)` available to the learner, `--optimizer` and bench.py as `name`;
     `stackable`: `build` also takes `streams=K` (per-stream rows), so learners using it stack."""
     OPTIMIZERS[name] = OptimizerSpec(build, default_lr, summary, stackable)
 
 
 register_optimizer("obgd", ObGD, 1.0, "the reference ObGD rule (Elsayed et al. 2024)", stackable=True)
-register_optimizer("obgd-adaptive", AdaptiveObGD, 1e-3,
-                   "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease", stackable=True)
+register_optimizer(
+    "obgd-adaptive",
+    AdaptiveObGD,
+    1e-3,
+    "ObGD with per-parameter RMS scaling and a bound on the first-order loss decrease",
+    stackable=True,
+)
 register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", stackable=True)
 register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)", stackable=True)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from autoencoder import StreamingAutoEncoder
-from model import ModelConfig
 from metrics import OnlineFloor
+from model import ModelConfig
 from stream import Schedule
 
 CHECKPOINT_FORMAT = 3
@@ -55,6 +55,7 @@ def check_writable_folder(path: Path, what: str) -> None:
 
 # The checkpoint file -------------------------------------------------------------------------
 
+
 def load_checkpoint(path: Path) -> dict:
     """A validated checkpoint dict; UsageError naming the problem otherwise."""
     if path.stat().st_size == 0:
@@ -74,13 +75,16 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(checkpoint, dict) or not required <= checkpoint.keys():
         raise UsageError(f"checkpoint {path} is not a checkpoint of this tool (a foreign torch file); {START_OVER}")
     if checkpoint["format_version"] != CHECKPOINT_FORMAT:
-        raise UsageError(f"checkpoint {path} has format {checkpoint['format_version']}, "
-                         f"this version reads {CHECKPOINT_FORMAT}; {START_OVER}")
+        raise UsageError(
+            f"checkpoint {path} has format {checkpoint['format_version']}, "
+            f"this version reads {CHECKPOINT_FORMAT}; {START_OVER}"
+        )
     return checkpoint
 
 
-def save_checkpoint(path: Path, model: StreamingAutoEncoder, config, schedule: Schedule, log_dir: str,
-                    floor: OnlineFloor | None = None) -> None:
+def save_checkpoint(
+    path: Path, model: StreamingAutoEncoder, config, schedule: Schedule, log_dir: str, floor: OnlineFloor | None = None
+) -> None:
     """Atomic save: temp file in the same folder, fsync, rename, fsync the folder.
 
     `config` is main.py's Config (a dataclass of every flag). The checkpoint is serialised
@@ -130,10 +134,25 @@ def merge_with_checkpoint(config, given: set[str], checkpoint: dict):
     saved_architecture = {"method": "none", **architecture}  # checkpoints made before methods: none
     for flag in ("latent_channels", "latent_bits", "optimizer", "method"):
         if flag in given and getattr(config, flag) != saved_architecture[flag]:
-            raise UsageError(f"--{flag.replace('_', '-')} {getattr(config, flag)} contradicts the checkpoint's "
-                             f"{saved_architecture[flag]}; {START_OVER}")
-    resumable = {"seed", "lr", "latent_channels", "latent_bits", "optimizer", "save_every", "log_every", "image_every",
-                 "histogram_every", "compile", "eval_every", "probe_frames", "display_fps"}
+            raise UsageError(
+                f"--{flag.replace('_', '-')} {getattr(config, flag)} contradicts the checkpoint's "
+                f"{saved_architecture[flag]}; {START_OVER}"
+            )
+    resumable = {
+        "seed",
+        "lr",
+        "latent_channels",
+        "latent_bits",
+        "optimizer",
+        "save_every",
+        "log_every",
+        "image_every",
+        "histogram_every",
+        "compile",
+        "eval_every",
+        "probe_frames",
+        "display_fps",
+    }
     values = {k: saved[k] for k in resumable if k in saved and k not in given}
     values["latent_channels"] = architecture["latent_channels"]
     values["latent_bits"] = architecture["latent_bits"]
@@ -148,8 +167,14 @@ def merge_with_checkpoint(config, given: set[str], checkpoint: dict):
     return replace(config, **values)
 
 
-def restore_model(checkpoint: dict, lr: float | None, device: torch.device, compile: bool, path: str,
-                  method_options: list[str] | None = None) -> StreamingAutoEncoder:
+def restore_model(
+    checkpoint: dict,
+    lr: float | None,
+    device: torch.device,
+    compile: bool,
+    path: str,
+    method_options: list[str] | None = None,
+) -> StreamingAutoEncoder:
     """The learner saved in `checkpoint` (weights, optimizer and method state, step), its
     method's options `method_options` where given; UsageError when it does not fit this
     code's model."""
@@ -160,8 +185,15 @@ def restore_model(checkpoint: dict, lr: float | None, device: torch.device, comp
     architecture.pop("method_options", None)
     try:
         model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
-        model = StreamingAutoEncoder(model_config, optimizer=optimizer, lr=lr, device=device, compile=compile,
-                                     method=method, method_options=options)
+        model = StreamingAutoEncoder(
+            model_config,
+            optimizer=optimizer,
+            lr=lr,
+            device=device,
+            compile=compile,
+            method=method,
+            method_options=options,
+        )
         model.load_state_dict(checkpoint["model"])
         model.optimizer.load_state_dict(checkpoint["optimizer"])
         model.method.load_state_dict(checkpoint.get("method_state", {}))
@@ -188,14 +220,17 @@ def lock_checkpoint(path: Path) -> int:
     except BlockingIOError:
         holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
         os.close(descriptor)
-        raise UsageError(f"checkpoint {path} is in use by another run (pid {holder}); wait for it to end, "
-                         "or pick another --checkpoint") from None
+        raise UsageError(
+            f"checkpoint {path} is in use by another run (pid {holder}); wait for it to end, "
+            "or pick another --checkpoint"
+        ) from None
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"{os.getpid()}\n".encode())
     return descriptor
 
 
 # Signals and failed writes -------------------------------------------------------------------
+
 
 class StopFlag:
     """Turns SIGINT/SIGTERM into a flag the loop checks, so a second Ctrl+C (or `uv run`
@@ -234,7 +269,18 @@ def start_tensorboard(log_dir: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir.parent),
-               "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(log_dir.parent),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reload_interval",
+        "2",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return server, f"http://127.0.0.1:{port}/"

@@ -53,9 +53,15 @@ class Viewer:
         self.quality: list[tuple[int, float, float]] = []  # (step, smoothed PSNR, smoothed floor)
         self.probes: dict[str, list[tuple[int, float]]] = {g: [] for g in games}
         self.switches: list[int] = []
-        self.colours = {g: tuple(int(c) for c in cv2.applyColorMap(np.uint8([[40 + 200 * i // max(1, len(games) - 1)]]),
-                                                                     cv2.COLORMAP_TURBO)[0, 0])
-                        for i, g in enumerate(games)}
+        self.colours = {
+            g: tuple(
+                int(c)
+                for c in cv2.applyColorMap(np.uint8([[40 + 200 * i // max(1, len(games) - 1)]]), cv2.COLORMAP_TURBO)[
+                    0, 0
+                ]
+            )
+            for i, g in enumerate(games)
+        }
         cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
 
     def due(self) -> bool:
@@ -85,12 +91,14 @@ class Viewer:
             self._append(self.quality, (step, 0.8 * last[1] + 0.2 * psnr, 0.8 * last[2] + 0.2 * floor))
         mask = results["change_mask"].expand(-1, 3, -1, -1)
         panels = torch.cat([results["input"], results["reconstruction"], mask], dim=3)
-        image = cv2.resize(postprocess_output(panels, bgr=True), None, fx=self.scale, fy=self.scale,
-                           interpolation=cv2.INTER_NEAREST)
+        image = cv2.resize(
+            postprocess_output(panels, bgr=True), None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST
+        )
         width = image.shape[1]
         for i, label in enumerate(("input", "reconstruction", "change mask")):
-            cv2.putText(image, label, (i * width // 3 + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1,
-                        cv2.LINE_AA)
+            cv2.putText(
+                image, label, (i * width // 3 + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1, cv2.LINE_AA
+            )
         bar = np.zeros((36, width, 3), np.uint8)
         status = f"{position}  step {step}  {fps:5.1f} FPS  PSNR {psnr:5.2f} dB"
         cv2.putText(bar, status, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
@@ -108,18 +116,33 @@ class Viewer:
         strip = np.full((self.STRIP, width, 3), 24, np.uint8)
         half = width // 2
         quality = [(s, p) for s, p, _ in self.quality], [(s, f) for s, _, f in self.quality]
-        self._plot(strip[:, :half], quality, [(255, 255, 255), (150, 150, 150)], step, [],
-                   f"PSNR {self.quality[-1][1]:.2f} dB, floor {self.quality[-1][2]:.2f} dB" if self.quality
-                   else "PSNR and online floor: from the second frame")
+        self._plot(
+            strip[:, :half],
+            quality,
+            [(255, 255, 255), (150, 150, 150)],
+            step,
+            [],
+            f"PSNR {self.quality[-1][1]:.2f} dB, floor {self.quality[-1][2]:.2f} dB"
+            if self.quality
+            else "PSNR and online floor: from the second frame",
+        )
         order = [game] + [g for g in self.probes if g != game]
         colours = [self.colours.get(g, (200, 200, 200)) for g in order]
-        self._plot(strip[:, half:], [self.probes[g] for g in order], colours, step, self.switches,
-                   "probe PSNR:" + ("" if any(self.probes.values()) else " not scored yet"))
+        self._plot(
+            strip[:, half:],
+            [self.probes[g] for g in order],
+            colours,
+            step,
+            self.switches,
+            "probe PSNR:" + ("" if any(self.probes.values()) else " not scored yet"),
+        )
         x = half + 8 + self.cv2.getTextSize("probe PSNR: ", self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
         for g, colour in zip(order, colours):  # each game's last score, in its curve's colour
             if self.probes[g]:
                 label = f"{g} {self.probes[g][-1][1]:.1f}"
-                self.cv2.putText(strip, label, (x, 15), self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, self.cv2.LINE_AA)
+                self.cv2.putText(
+                    strip, label, (x, 15), self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, self.cv2.LINE_AA
+                )
                 x += self.cv2.getTextSize(label + "  ", self.cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
         return strip
 
@@ -136,7 +159,10 @@ class Viewer:
         span = max(step - first, 1)
 
         def point(s: int, v: float) -> tuple[int, int]:
-            return (left + int((right - left) * (s - first) / span), bottom - int((bottom - top) * (v - low) / (high - low)))
+            return (
+                left + int((right - left) * (s - first) / span),
+                bottom - int((bottom - top) * (v - low) / (high - low)),
+            )
 
         for s in marks:
             if s >= first:
@@ -167,7 +193,9 @@ class Progress:
         self.last = time.monotonic()
         target = f"/{self.total}" if self.total else ""
         scored = f"  probe {probe[game]:6.2f} dB" if game in probe else ""
-        line = f"{position} step {results['step']}{target}  {fps:6.1f} FPS  PSNR {float(results['psnr']):6.2f} dB{scored}"
+        line = (
+            f"{position} step {results['step']}{target}  {fps:6.1f} FPS  PSNR {float(results['psnr']):6.2f} dB{scored}"
+        )
         print(f"\r{line}   " if self.live else line, end="" if self.live else "\n", flush=True)
 
     def close(self) -> None:

@@ -52,10 +52,21 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """--methods and --method-option, for a subcommand whose tasks each run one method."""
-    parser.add_argument("--methods", nargs="+", default=["none"], choices=list(METHODS),
-                        help="methods against forgetting and loss of plasticity (methods/), one row each")
-    parser.add_argument("--method-option", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
-                        help="a method hyper-parameter, given to every listed method that has it")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["none"],
+        choices=list(METHODS),
+        help="methods against forgetting and loss of plasticity (methods/), one row each",
+    )
+    parser.add_argument(
+        "--method-option",
+        nargs="*",
+        default=[],
+        action="extend",
+        metavar="KEY=VALUE",
+        help="a method hyper-parameter, given to every listed method that has it",
+    )
 
 
 def method_options(methods: list[str], pairs: list[str]) -> dict[str, dict]:
@@ -77,14 +88,28 @@ def method_options(methods: list[str], pairs: list[str]) -> dict[str, dict]:
 
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     """--streams, --jobs, --threads and --ray, for a subcommand that runs its tasks with `run_tasks`."""
-    parser.add_argument("--streams", type=positive_int, default=1, metavar="K",
-                        help="streams per stacked learner: tasks of one optimizer learn K at a time in one update")
+    parser.add_argument(
+        "--streams",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="streams per stacked learner: tasks of one optimizer learn K at a time in one update",
+    )
     parser.add_argument("--jobs", type=positive_int, default=1, help="stacked learners run in parallel processes")
-    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
-                        help="torch threads per process (per Ray task with --ray)")
-    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                        help="run the stacked learners as Ray tasks on the cluster at ADDRESS (auto, ray://host:port); "
-                        "alone: on a local cluster")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=torch.get_num_threads(),
+        help="torch threads per process (per Ray task with --ray)",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the stacked learners as Ray tasks on the cluster at ADDRESS (auto, ray://host:port); "
+        "alone: on a local cluster",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,8 +138,15 @@ def build_learner(tasks: list[Task]) -> StreamingAutoEncoder:
     models = []
     for task in tasks:
         torch.manual_seed(task.seed)
-        models.append(StreamingAutoEncoder(replace(ModelConfig(), **task.overrides), optimizer=task.optimizer,
-                                           lr=task.lr, method=task.method, method_options=task.method_options))
+        models.append(
+            StreamingAutoEncoder(
+                replace(ModelConfig(), **task.overrides),
+                optimizer=task.optimizer,
+                lr=task.lr,
+                method=task.method,
+                method_options=task.method_options,
+            )
+        )
     return StreamingAutoEncoder.stack(models)
 
 
@@ -154,8 +186,13 @@ def run_on_ray(run, work: list[list[Task]], address: str, threads: int) -> list[
     except ImportError:
         raise SystemExit("bench.py: --ray needs Ray: uv sync --extra ray") from None
     here = Path(__file__).resolve().parent.parent
-    ray.init(address=address, runtime_env={"working_dir": str(here), "excludes": [".venv", "runs", ".git"]},
-             include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address=address,
+        runtime_env={"working_dir": str(here), "excludes": [".venv", "runs", ".git"]},
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     try:
         remote = ray.remote(num_cpus=threads)(run)
         return ray.get([remote.remote(pack) for pack in work])

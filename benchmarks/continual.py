@@ -9,7 +9,17 @@ import torch
 from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from benchmarks.common import build_learner, Task, add_method_arguments, add_pack_arguments, method_options, add_set_argument, log, parse_overrides, run_tasks
+from benchmarks.common import (
+    Task,
+    add_method_arguments,
+    add_pack_arguments,
+    add_set_argument,
+    build_learner,
+    log,
+    method_options,
+    parse_overrides,
+    run_tasks,
+)
 from continual import PROBE_FRAMES, forgetting_summary, plasticity_metrics, probe_psnrs
 from metrics import floor_psnr
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
@@ -27,8 +37,12 @@ def add_arguments(parser) -> None:
     add_method_arguments(parser)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
-    parser.add_argument("--eval-every", type=int, default=500, help="steps between probe scorings for the plot "
-                        "(0: only at segment ends)")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=500,
+        help="steps between probe scorings for the plot (0: only at segment ends)",
+    )
     parser.add_argument("--probe-frames", type=int, default=PROBE_FRAMES, help="held-out probe frames per game")
     add_set_argument(parser)
     parser.add_argument("--plot", help="PNG path for the probe-PSNR-over-the-stream plot")
@@ -68,8 +82,9 @@ def run_pack(tasks: list[ContinualTask]) -> list[dict]:
     matrices, curves = [[] for _ in tasks], [[(0, scores)] for scores in initial]
     streams = [FrameStream(schedule, task.seed) for task in tasks]
     seeds = ",".join(str(task.seed) for task in tasks)
-    bar = tqdm(total=total, desc=f"{first.optimizer}/seed {seeds}", file=sys.stderr, mininterval=10,
-               position=first.bar_line)
+    bar = tqdm(
+        total=total, desc=f"{first.optimizer}/seed {seeds}", file=sys.stderr, mininterval=10, position=first.bar_line
+    )
     for step in range(1, total + 1):
         frames, switched = zip(*(stream.frame_for(step) for stream in streams))
         if switched[0]:  # one schedule: every stream switches at the same step
@@ -88,22 +103,49 @@ def run_pack(tasks: list[ContinualTask]) -> list[dict]:
     for stream in streams:
         stream.close()
     segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrices[0]))]
-    return [stream_row(task, model, probes[k], matrices[k], initial[k], curves[k], segment_games,
-                       learner.stream_results(results, k), schedule.game_at(total))
-            for k, (task, model) in enumerate(zip(tasks, learner.unstack()))]
+    return [
+        stream_row(
+            task,
+            model,
+            probes[k],
+            matrices[k],
+            initial[k],
+            curves[k],
+            segment_games,
+            learner.stream_results(results, k),
+            schedule.game_at(total),
+        )
+        for k, (task, model) in enumerate(zip(tasks, learner.unstack()))
+    ]
 
 
-def stream_row(task: ContinualTask, model: StreamingAutoEncoder, probes: dict, matrix: list, initial: list,
-               curve: list, segment_games: list[int], results: dict, last_game: str) -> dict:
+def stream_row(
+    task: ContinualTask,
+    model: StreamingAutoEncoder,
+    probes: dict,
+    matrix: list,
+    initial: list,
+    curve: list,
+    segment_games: list[int],
+    results: dict,
+    last_game: str,
+) -> dict:
     """A stream's row: its PSNR matrix, forgetting summary and plasticity at the end."""
     games = task.games
     floor = [round(floor_psnr(probes[g]), 3) for g in games]
     plasticity = plasticity_metrics(model, probes[last_game], results)
     summary = forgetting_summary(matrix, segment_games, floor, len(games))
     return {
-        "optimizer": task.optimizer, "method": task.method, "method_options": task.method_options,
-        "seed": task.seed, "games": games, "switch_every": task.switch_every,
-        "cycles": task.cycles, "psnr_matrix": matrix, "initial": initial, "floor": floor,
+        "optimizer": task.optimizer,
+        "method": task.method,
+        "method_options": task.method_options,
+        "seed": task.seed,
+        "games": games,
+        "switch_every": task.switch_every,
+        "cycles": task.cycles,
+        "psnr_matrix": matrix,
+        "initial": initial,
+        "floor": floor,
         "forgetting": [None if f is None else round(f, 3) for f in summary["forgetting"]],
         "bwt": None if summary["bwt"] is None else round(summary["bwt"], 3),
         "segment_gain": [round(g, 3) for g in summary["segment_gain"]],
@@ -151,19 +193,37 @@ def run(args) -> dict:
     overrides = parse_overrides(args.set)
     options = method_options(args.methods, args.method_option)
     runs = [(o, m, s) for o in args.optimizers for m in args.methods for s in args.seeds]
-    tasks = [ContinualTask(id=i, games=args.games, switch_every=args.switch_every, cycles=args.cycles, optimizer=o,
-                           method=m, method_options=options[m], seed=s, lr=args.lr, overrides=overrides,
-                           eval_every=args.eval_every, probe_frames=args.probe_frames, threads=args.threads)
-             for i, (o, m, s) in enumerate(runs)]
+    tasks = [
+        ContinualTask(
+            id=i,
+            games=args.games,
+            switch_every=args.switch_every,
+            cycles=args.cycles,
+            optimizer=o,
+            method=m,
+            method_options=options[m],
+            seed=s,
+            lr=args.lr,
+            overrides=overrides,
+            eval_every=args.eval_every,
+            probe_frames=args.probe_frames,
+            threads=args.threads,
+        )
+        for i, (o, m, s) in enumerate(runs)
+    ]
     rows = run_tasks(run_pack, tasks, args)
     if args.plot:
         plot(rows, args.plot)
         log(f"plot: {args.plot}")
     for row in rows:
-        forgetting = " ".join(f"{g}:{f:.2f}" if f is not None else f"{g}:-" for g, f in zip(row["games"], row["forgetting"]))
+        forgetting = " ".join(
+            f"{g}:{f:.2f}" if f is not None else f"{g}:-" for g, f in zip(row["games"], row["forgetting"])
+        )
         bwt = f"{row['bwt']:.2f}" if row["bwt"] is not None else "-"
-        log(f"{row['optimizer']:>13} {row['method']:>14} seed {row['seed']}: bwt {bwt}  trend {row['plasticity_trend']:.2f}  "
-            f"forgetting {forgetting}")
+        log(
+            f"{row['optimizer']:>13} {row['method']:>14} seed {row['seed']}: bwt {bwt}  trend {row['plasticity_trend']:.2f}  "
+            f"forgetting {forgetting}"
+        )
         if not args.curves:
             del row["curve"]
     return {"results": rows, "overrides": overrides}

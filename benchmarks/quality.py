@@ -12,8 +12,17 @@ from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
 from baselines import CODECS, baseline_fields, bytes_at_psnr
-from benchmarks.common import (build_learner, Task, add_method_arguments, add_pack_arguments, method_options, add_set_argument, log, parse_overrides,
-                               run_tasks)
+from benchmarks.common import (
+    Task,
+    add_method_arguments,
+    add_pack_arguments,
+    add_set_argument,
+    build_learner,
+    log,
+    method_options,
+    parse_overrides,
+    run_tasks,
+)
 from metrics import floor_psnr, psnr, psnr_value
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from stream import DEFAULT_GAMES, env_seed, make_env, next_frame
@@ -76,10 +85,18 @@ def frozen_codec(model: StreamingAutoEncoder, targets: list[np.ndarray]) -> dict
     decoder_parameters = sum(p.numel() for p in model.decoder.parameters())  # the histogram has none
     batch = torch.from_numpy(np.stack(targets)).permute(0, 3, 1, 2)
     if not model.config.latent_bits:
-        return {"frozen_psnr": round(psnr_value(model.evaluate(batch).mean().item()), 2), "latent_bytes": None,
-                "bpp": None, "intra_latent_bytes": None, "factorised_bound_bytes": None,
-                "decoder_parameters": decoder_parameters, "decoder_bytes": 4 * decoder_parameters,
-                "bit_exact": None, "encode_ms": None, "decode_ms": None}
+        return {
+            "frozen_psnr": round(psnr_value(model.evaluate(batch).mean().item()), 2),
+            "latent_bytes": None,
+            "bpp": None,
+            "intra_latent_bytes": None,
+            "factorised_bound_bytes": None,
+            "decoder_parameters": decoder_parameters,
+            "decoder_bytes": 4 * decoder_parameters,
+            "bit_exact": None,
+            "encode_ms": None,
+            "decode_ms": None,
+        }
     sender, receiver, intra = model.codec(), model.codec(), model.codec(temporal=False)
     sizes, intra_sizes, errors, codes = [], [], [], []
     encode_s = decode_s = 0.0
@@ -120,11 +137,18 @@ def run_pack(tasks: list[QualityTask]) -> list[dict]:
     envs, frames = zip(*(make_env(task.game, env_seed(task.seed, 0)) for task in tasks))
     frames = list(frames)
     tail_start = frames_total - max(1, frames_total // 10)
-    mses = torch.empty(len(tasks), frames_total, dtype=torch.float64)  # in place: 0-d tensors in a list fragment the heap
+    mses = torch.empty(
+        len(tasks), frames_total, dtype=torch.float64
+    )  # in place: 0-d tensors in a list fragment the heap
     tail_frames = np.empty((len(tasks), frames_total - tail_start, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
     label = "+".join(dict.fromkeys(task.game for task in tasks))
-    bar = tqdm(total=frames_total, desc=f"{label}/{tasks[0].optimizer}", file=sys.stderr, mininterval=5,
-               position=tasks[0].bar_line)
+    bar = tqdm(
+        total=frames_total,
+        desc=f"{label}/{tasks[0].optimizer}",
+        file=sys.stderr,
+        mininterval=5,
+        position=tasks[0].bar_line,
+    )
     for i in range(frames_total):
         results = learner.update_params(list(frames))
         mses[:, i] = results["mse"]
@@ -136,24 +160,40 @@ def run_pack(tasks: list[QualityTask]) -> list[dict]:
         if (i + 1) % 500 == 0:
             bar.set_postfix(psnr=f"{psnr_value(mses[:, i - 499 : i + 1].mean().item()):.2f}")
     bar.close()
-    return [stream_row(task, model, env, frame, mses[k].tolist(), tail_frames[k], tail_start)
-            for k, (task, model, env, frame) in enumerate(zip(tasks, learner.unstack(), envs, frames))]
+    return [
+        stream_row(task, model, env, frame, mses[k].tolist(), tail_frames[k], tail_start)
+        for k, (task, model, env, frame) in enumerate(zip(tasks, learner.unstack(), envs, frames))
+    ]
 
 
-def stream_row(task: QualityTask, model: StreamingAutoEncoder, env, frame: np.ndarray, mses: list[float],
-               tail_frames: np.ndarray, tail_start: int) -> dict:
+def stream_row(
+    task: QualityTask,
+    model: StreamingAutoEncoder,
+    env,
+    frame: np.ndarray,
+    mses: list[float],
+    tail_frames: np.ndarray,
+    tail_start: int,
+) -> dict:
     """A learned stream's row: its prequential PSNR and floor, then the frozen codec on the
     `heldout` frames that follow `frame`, beside the baseline codecs."""
     heldout = [as_target(frame)] + [as_target(next_frame(env)) for _ in range(task.heldout - 1)]
     codec = frozen_codec(model, heldout)
     budget = codec["latent_bytes"]
     return {
-        "game": task.game, "optimizer": task.optimizer, "method": task.method, "frames": task.frames, "heldout": len(heldout),
+        "game": task.game,
+        "optimizer": task.optimizer,
+        "method": task.method,
+        "frames": task.frames,
+        "heldout": len(heldout),
         "psnr": round(psnr_value(np.mean(mses[tail_start:])), 2),
         "floor_psnr": round(floor_psnr(tail_frames), 2),
         **codec,
-        **({**baseline_fields(heldout, budget), **bytes_at_psnr(heldout, codec["frozen_psnr"])}
-           if task.baselines else {}),
+        **(
+            {**baseline_fields(heldout, budget), **bytes_at_psnr(heldout, codec["frozen_psnr"])}
+            if task.baselines
+            else {}
+        ),
         "mse_curve": mses,
     }
 
@@ -176,12 +216,17 @@ def plot(rows: list[dict], path: str) -> None:
         row = next(r for r in rows if r["game"] == game)
         ax.axhline(row["floor_psnr"], color="gray", linestyle="--", label="mean-frame floor")
         if row.get("latent_bytes") is not None:
-            ax.axhline(row["frozen_psnr"], color="tab:red", linestyle="-.",
-                       label=f"frozen codec, {row['latent_bytes']:.0f} B")
+            ax.axhline(
+                row["frozen_psnr"], color="tab:red", linestyle="-.", label=f"frozen codec, {row['latent_bytes']:.0f} B"
+            )
         for name, style in zip((c.name for c in CODECS.values() if not c.lossless), BASELINE_STYLES):
             if row.get(f"{name}_psnr") is not None:
-                ax.axhline(row[f"{name}_psnr"], color="black", linestyle=style,
-                           label=f"{name.upper()} at {row[f'{name}_bytes']:.0f} B")
+                ax.axhline(
+                    row[f"{name}_psnr"],
+                    color="black",
+                    linestyle=style,
+                    label=f"{name.upper()} at {row[f'{name}_bytes']:.0f} B",
+                )
         ax.set_title(game)
         ax.set_xlabel("frame")
         ax.set_ylabel("prequential PSNR (dB)")
@@ -196,17 +241,32 @@ def run(args) -> dict:
     overrides = parse_overrides(args.set)
     options = method_options(args.methods, args.method_option)
     runs = [(g, o, m) for g in args.games for o in args.optimizers for m in args.methods]
-    tasks = [QualityTask(id=i, game=g, optimizer=o, method=m, method_options=options[m], frames=args.frames,
-                         heldout=args.heldout, seed=args.seed, overrides=overrides, lr=args.lr, threads=args.threads)
-             for i, (g, o, m) in enumerate(runs)]
+    tasks = [
+        QualityTask(
+            id=i,
+            game=g,
+            optimizer=o,
+            method=m,
+            method_options=options[m],
+            frames=args.frames,
+            heldout=args.heldout,
+            seed=args.seed,
+            overrides=overrides,
+            lr=args.lr,
+            threads=args.threads,
+        )
+        for i, (g, o, m) in enumerate(runs)
+    ]
     rows = run_tasks(run_pack, tasks, args)
     if args.plot:
         plot(rows, args.plot)
         log(f"plot: {args.plot}")
     for row in rows:
-        log(f"{row['game']:>14} {row['optimizer']:>13} {row['method']:>14}: {row['psnr']:6.2f} dB  floor {row['floor_psnr']:6.2f}  "
+        log(
+            f"{row['game']:>14} {row['optimizer']:>13} {row['method']:>14}: {row['psnr']:6.2f} dB  floor {row['floor_psnr']:6.2f}  "
             f"frozen {row['frozen_psnr']:6.2f} at {row['latent_bytes']} B  WebP {row.get('webp_psnr')}  "
-            f"x264 {row.get('x264_psnr')}  lossless WebP {row.get('webp_lossless_bytes')} B")
+            f"x264 {row.get('x264_psnr')}  lossless WebP {row.get('webp_lossless_bytes')} B"
+        )
         if not args.curves:
             del row["mse_curve"]
     return {"results": rows, "overrides": overrides}

@@ -32,9 +32,14 @@ def rate_point(text: str) -> tuple[int, int]:
 def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, required=True, help="frames learned before the codec is frozen")
     parser.add_argument("--games", nargs="+", default=list(DEFAULT_GAMES))
-    parser.add_argument("--points", nargs="+", type=rate_point, default=[rate_point(p) for p in RATE_POINTS],
-                        metavar="CHANNELS:BITS",
-                        help="latent_channels:latent_bits of each rate point")
+    parser.add_argument(
+        "--points",
+        nargs="+",
+        type=rate_point,
+        default=[rate_point(p) for p in RATE_POINTS],
+        metavar="CHANNELS:BITS",
+        help="latent_channels:latent_bits of each rate point",
+    )
     parser.add_argument("--heldout", type=int, default=HELDOUT, help="frames coded by the frozen model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", help="PNG path for the rate-distortion plot")
@@ -45,6 +50,7 @@ def bd_rate(anchor: list[dict], test: list[dict]) -> float | None:
     """BD-rate (%) of `test` against `anchor` (negative: fewer bits at equal PSNR), by
     the bjontegaard package's Akima interpolation; None when the PSNR ranges do not
     overlap or a curve has fewer than two distinct points."""
+
     def points(curve):
         by_psnr = {}
         for p in sorted(curve, key=lambda p: p["bpp"]):
@@ -88,22 +94,42 @@ def run(args) -> dict:
     """Rate points of the frozen codec (one stream per latent_channels:latent_bits point
     and game) beside the lossy baselines' sweeps on the same held-out frames, with BD-rates."""
     points = args.points
-    tasks = [QualityTask(id=i, game=g, optimizer=DEFAULT_OPTIMIZER, frames=args.frames, heldout=args.heldout,
-                         seed=args.seed, overrides={"latent_channels": c, "latent_bits": b}, lr=None,
-                         threads=args.threads, baselines=False)
-             for i, (g, (c, b)) in enumerate((g, p) for g in args.games for p in points)]
+    tasks = [
+        QualityTask(
+            id=i,
+            game=g,
+            optimizer=DEFAULT_OPTIMIZER,
+            frames=args.frames,
+            heldout=args.heldout,
+            seed=args.seed,
+            overrides={"latent_channels": c, "latent_bits": b},
+            lr=None,
+            threads=args.threads,
+            baselines=False,
+        )
+        for i, (g, (c, b)) in enumerate((g, p) for g in args.games for p in points)
+    ]
     rows = run_tasks(quality_pack, tasks, args)
     games = {}
     pixels = FRAME_SIZE * FRAME_SIZE
     for game in args.games:
-        targets = [as_target(f) for f in collect_frames(game, args.frames + args.heldout, args.seed)[args.frames:]]
+        targets = [as_target(f) for f in collect_frames(game, args.frames + args.heldout, args.seed)[args.frames :]]
         log(f"{game}: baseline sweeps")
-        model = [{"latent_channels": c, "latent_bits": b, "bpp": r["bpp"], "psnr": r["frozen_psnr"],
-                  "latent_bytes": r["latent_bytes"], "prequential_psnr": r["psnr"]}
-                 for r, (c, b) in zip((r for r in rows if r["game"] == game), points)]
+        model = [
+            {
+                "latent_channels": c,
+                "latent_bits": b,
+                "bpp": r["bpp"],
+                "psnr": r["frozen_psnr"],
+                "latent_bytes": r["latent_bytes"],
+                "prequential_psnr": r["psnr"],
+            }
+            for r, (c, b) in zip((r for r in rows if r["game"] == game), points)
+        ]
         curves = rate_curves(targets)
         games[game] = {
-            "model": model, "curves": curves,
+            "model": model,
+            "curves": curves,
             "webp_lossless_bpp": round(CODECS["webp_lossless"].size(targets) * 8 / pixels, 4),
             "bd_rate": {name: bd_rate(curve, model) for name, curve in curves.items()},
         }

@@ -30,19 +30,39 @@ def add_arguments(parser) -> None:
     parser.add_argument("--updates", type=int, default=60, help="updates per timing window")
     parser.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=list(OPTIMIZERS))
     parser.add_argument("--compile", action="store_true", help="torch.compile network and loss (warm-up compiles)")
-    parser.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"],
-                        help="capture each update as one CUDA graph (auto: with --compile on CUDA)")
+    parser.add_argument(
+        "--cuda-graph",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="capture each update as one CUDA graph (auto: with --compile on CUDA)",
+    )
     add_set_argument(parser)
     parser.add_argument("--window", action="store_true", help="also time the loop with the real window on $DISPLAY")
-    parser.add_argument("--streams", type=positive_int, default=0, metavar="K",
-                        help="time K stacked streams against the single learner (update_fps and the FLOPs are "
-                        "then the K-stream update's; the loop and stages stay the single learner's)")
-    parser.add_argument("--method", choices=list(METHODS), default="none",
-                        help="time this method's update against the plain one in alternating windows")
-    parser.add_argument("--method-option", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
-                        help="a hyper-parameter of --method")
-    parser.add_argument("--pairs", type=positive_int, default=3,
-                        help="alternating windows per learner with --streams or --method")
+    parser.add_argument(
+        "--streams",
+        type=positive_int,
+        default=0,
+        metavar="K",
+        help="time K stacked streams against the single learner (update_fps and the FLOPs are "
+        "then the K-stream update's; the loop and stages stay the single learner's)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="none",
+        help="time this method's update against the plain one in alternating windows",
+    )
+    parser.add_argument(
+        "--method-option",
+        nargs="*",
+        default=[],
+        action="extend",
+        metavar="KEY=VALUE",
+        help="a hyper-parameter of --method",
+    )
+    parser.add_argument(
+        "--pairs", type=positive_int, default=3, help="alternating windows per learner with --streams or --method"
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -115,8 +135,12 @@ def window_rates(model, loop_step, state: dict, updates: int, device, pairs: int
         windowed.append(timed_rate(window_step, updates, device, repeats=1))
     viewer.close()
     window_fps, headless_fps = statistics.median(windowed), statistics.median(headless)
-    return {"window_loop_fps": round(window_fps, 2), "window_headless_loop_fps": round(headless_fps, 2),
-            "window_ratio": round(window_fps / headless_fps, 3), "window_redraws": viewer.redraws}
+    return {
+        "window_loop_fps": round(window_fps, 2),
+        "window_headless_loop_fps": round(headless_fps, 2),
+        "window_ratio": round(window_fps / headless_fps, 3),
+        "window_redraws": viewer.redraws,
+    }
 
 
 def count_gflop(config: ModelConfig, optimizer: str, frames: list[np.ndarray], device: torch.device) -> float:
@@ -131,8 +155,9 @@ def count_gflop(config: ModelConfig, optimizer: str, frames: list[np.ndarray], d
     return counter.get_total_flops() / 1e9
 
 
-def stream_rates(args, config: ModelConfig, device: torch.device, single: StreamingAutoEncoder,
-                 frames: list[np.ndarray]) -> dict:
+def stream_rates(
+    args, config: ModelConfig, device: torch.device, single: StreamingAutoEncoder, frames: list[np.ndarray]
+) -> dict:
     """K streams (the default games in turn, each its own seed) in one stacked learner
     against the single learner, in alternating windows of about the same duration."""
     models = []
@@ -159,13 +184,15 @@ def stream_rates(args, config: ModelConfig, device: torch.device, single: Stream
     }
 
 
-def method_rates(args, config: ModelConfig, device: torch.device, plain: StreamingAutoEncoder,
-                 frames: list[np.ndarray]) -> dict:
+def method_rates(
+    args, config: ModelConfig, device: torch.device, plain: StreamingAutoEncoder, frames: list[np.ndarray]
+) -> dict:
     """The learner with `--method` against the plain one, in alternating windows."""
     options = method_options([args.method], args.method_option)[args.method]
     torch.manual_seed(0)
-    learner = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, method=args.method,
-                                   method_options=options)
+    learner = StreamingAutoEncoder(
+        config, optimizer=args.optimizer, device=device, method=args.method, method_options=options
+    )
     for i in range(3):
         learner.update_params(frames[i])
     plain_fps, method_fps = [], []
@@ -190,8 +217,9 @@ def run(args) -> dict:
     cuda_graph = {"auto": None, "on": True, "off": False}[args.cuda_graph]
     if cuda_graph and device.type != "cuda":
         raise SystemExit("bench.py: --cuda-graph on needs --device cuda")
-    model = StreamingAutoEncoder(config, optimizer=args.optimizer, device=device, compile=args.compile,
-                                 cuda_graph=cuda_graph)
+    model = StreamingAutoEncoder(
+        config, optimizer=args.optimizer, device=device, compile=args.compile, cuda_graph=cuda_graph
+    )
     log("FLOPs (one update of an eager model of the same config)")
     gflop = count_gflop(config, args.optimizer, frames, device)
     log("warm-up" + (" (compiling)" if args.compile else ""))

@@ -45,24 +45,31 @@ def layout() -> None:
     a = torch.rand(1, 3, 224, 224).contiguous(memory_format=CL)
     b = torch.rand(1, 3, 224, 224).contiguous(memory_format=CL)
     c = torch.rand(1, 3, 224, 224)
-    print(f"layout: mul channels_last*channels_last {us_per_call(lambda: a * b):.0f} us, "
-          f"channels_last*contiguous {us_per_call(lambda: a * c):.0f} us")
-    print(f"layout: mean over C of a channels_last image {us_per_call(lambda: a.mean(1, keepdim=True)):.0f} us, "
-          f"three strided passes {us_per_call(lambda: weighted_channel_sum(a, (1 / 3,) * 3)):.0f} us")
+    print(
+        f"layout: mul channels_last*channels_last {us_per_call(lambda: a * b):.0f} us, "
+        f"channels_last*contiguous {us_per_call(lambda: a * c):.0f} us"
+    )
+    print(
+        f"layout: mean over C of a channels_last image {us_per_call(lambda: a.mean(1, keepdim=True)):.0f} us, "
+        f"three strided passes {us_per_call(lambda: weighted_channel_sum(a, (1 / 3,) * 3)):.0f} us"
+    )
     sliced = torch.randn(1, 96, 28, 28).contiguous(memory_format=CL)[:, :32]
     dense = sliced.contiguous(memory_format=CL)
 
     def upsample_backward(grad):
         return torch.ops.aten.upsample_bilinear2d_backward(grad, [28, 28], [1, 32, 27, 27], False)
 
-    print(f"layout: bilinear upsampling backward on a strided slice {us_per_call(lambda: upsample_backward(sliced)):.0f} us, "
-          f"on a dense copy {us_per_call(lambda: upsample_backward(dense)):.0f} us "
-          f"+ the copy {us_per_call(lambda: sliced.contiguous(memory_format=CL)):.0f} us")
+    print(
+        f"layout: bilinear upsampling backward on a strided slice {us_per_call(lambda: upsample_backward(sliced)):.0f} us, "
+        f"on a dense copy {us_per_call(lambda: upsample_backward(dense)):.0f} us "
+        f"+ the copy {us_per_call(lambda: sliced.contiguous(memory_format=CL)):.0f} us"
+    )
 
 
 def conv_backward(grad, x, weight, stride, padding, mask):
-    return torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
-                                               [0, 0], 1, mask)
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, mask
+    )
 
 
 def convs() -> None:
@@ -72,8 +79,10 @@ def convs() -> None:
         w = torch.randn(out_channels, 8, 5, 5).contiguous(memory_format=CL)
         g = torch.randn_like(F.conv2d(x, w, stride=2))
         flops = 2 * g[0].numel() * 8 * 25 / 1e6
-        print(f"convs: 5x5 stride-2 from 8 channels to {out_channels} ({flops:.1f} MFLOP forward): backward "
-              f"{us_per_call(lambda: conv_backward(g, x, w, 2, 0, [True, True, False]), 50):.0f} us")
+        print(
+            f"convs: 5x5 stride-2 from 8 channels to {out_channels} ({flops:.1f} MFLOP forward): backward "
+            f"{us_per_call(lambda: conv_backward(g, x, w, 2, 0, [True, True, False]), 50):.0f} us"
+        )
     frame = torch.rand(1, 3, 224, 224).contiguous(memory_format=CL)
     weights = [torch.randn(8, 3, k, k).contiguous(memory_format=CL) for k in (3, 5, 7)]
     grads = [torch.randn_like(F.conv2d(frame, w, stride=2)) for w in weights]
@@ -91,8 +100,10 @@ def convs() -> None:
         F.conv2d(padded, merged_weight, stride=2)
         conv_backward(merged_grad, padded, merged_weight, 2, 0, [False, True, False])
 
-    print(f"convs: first layer, forward + weight gradient: three convolutions {us_per_call(separate, 50):.0f} us, "
-          f"one 24-channel 7x7 {us_per_call(merged, 50):.0f} us")
+    print(
+        f"convs: first layer, forward + weight gradient: three convolutions {us_per_call(separate, 50):.0f} us, "
+        f"one 24-channel 7x7 {us_per_call(merged, 50):.0f} us"
+    )
 
 
 def ssim_blur() -> None:
@@ -104,11 +115,13 @@ def ssim_blur() -> None:
     def slices_along_last(a):
         out = a[..., 0:213:2] * kernel[0]
         for k in range(1, 11):
-            out.add_(a[..., k:k + 213:2], alpha=kernel[k])
+            out.add_(a[..., k : k + 213 : 2], alpha=kernel[k])
         return out
 
-    print(f"ssim: blur of three maps by matrix products {us_per_call(lambda: (maps @ matrix).mT @ matrix):.0f} us, "
-          f"by shifted slices {us_per_call(lambda: slices_along_last(slices_along_last(maps).mT)):.0f} us")
+    print(
+        f"ssim: blur of three maps by matrix products {us_per_call(lambda: (maps @ matrix).mT @ matrix):.0f} us, "
+        f"by shifted slices {us_per_call(lambda: slices_along_last(slices_along_last(maps).mT)):.0f} us"
+    )
 
 
 class BranchThreads(StreamingAutoEncoder):
@@ -125,7 +138,9 @@ class BranchThreads(StreamingAutoEncoder):
 
     def backward(self, loss):
         super().backward(loss)
-        futures = [self.pool.submit(torch.autograd.backward, z, leaf.grad) for z, leaf in zip(self.latents, self.leaves)]
+        futures = [
+            self.pool.submit(torch.autograd.backward, z, leaf.grad) for z, leaf in zip(self.latents, self.leaves)
+        ]
         for future in futures:
             future.result()
 
@@ -133,8 +148,11 @@ class BranchThreads(StreamingAutoEncoder):
 def threads() -> None:
     """ms per update, windows alternating in one process: 2 torch threads, 1, and threaded branches."""
     frames = collect_frames("Breakout", 64)
-    settings = {"2 torch threads": (StreamingAutoEncoder(), 2), "1 torch thread": (StreamingAutoEncoder(), 1),
-                "branches on 2 Python threads, 1 torch thread each": (BranchThreads(), 1)}
+    settings = {
+        "2 torch threads": (StreamingAutoEncoder(), 2),
+        "1 torch thread": (StreamingAutoEncoder(), 1),
+        "branches on 2 Python threads, 1 torch thread each": (BranchThreads(), 1),
+    }
     for model, _ in settings.values():
         for frame in frames[:5]:
             model.update_params(frame)
@@ -149,7 +167,9 @@ def threads() -> None:
         times[name].append((time.perf_counter() - start) / 5 * 1e3)
     torch.set_num_threads(2)
     for name, values in times.items():
-        print(f"threads: {name}: fastest window {min(values):.1f} ms, median {statistics.median(values):.1f} ms per update")
+        print(
+            f"threads: {name}: fastest window {min(values):.1f} ms, median {statistics.median(values):.1f} ms per update"
+        )
 
 
 def op_times(model, inputs: list) -> dict[str, tuple[float, float]]:
@@ -164,7 +184,9 @@ def op_times(model, inputs: list) -> dict[str, tuple[float, float]]:
             start = time.perf_counter()
             out = func(*args, **(kwargs or {}))
             name = func.__name__
-            kind = "convolution" if "convolution" in name else "matmul" if name.split(".")[0] in ("mm", "bmm") else "other"
+            kind = (
+                "convolution" if "convolution" in name else "matmul" if name.split(".")[0] in ("mm", "bmm") else "other"
+            )
             totals[kind] += time.perf_counter() - start
             counts[kind] += 1
             return out
@@ -196,17 +218,21 @@ def streams(count: int = 8) -> None:
             x = frames.contiguous(memory_format=CL)
             torch.cat([F.conv2d(x[k : k + 1], weight[k], stride=2) for k in range(count)]).sum().backward()
 
-        print(f"streams: first layer {kernel}x{kernel}, {count} streams, forward and backward: grouped "
-              f"{us_per_call(grouped, 20) / 1e3:.1f} ms, {count} of batch 1 {us_per_call(one_by_one, 20) / 1e3:.1f} ms")
+        print(
+            f"streams: first layer {kernel}x{kernel}, {count} streams, forward and backward: grouped "
+            f"{us_per_call(grouped, 20) / 1e3:.1f} ms, {count} of batch 1 {us_per_call(one_by_one, 20) / 1e3:.1f} ms"
+        )
     games = ("Breakout", "Assault", "SpaceInvaders", "Pacman", "Asteroids")
     per_stream = [collect_frames(games[k % len(games)], 30, seed=k) for k in range(count)]
     stacked = StreamingAutoEncoder.stack([StreamingAutoEncoder() for _ in range(count)])
     alone = op_times(StreamingAutoEncoder(), per_stream[0])
     together = op_times(stacked, [[f[i] for f in per_stream] for i in range(30)])
     for kind in alone:
-        print(f"streams: {kind}: one stream {alone[kind][0]:.1f} ms and {alone[kind][1]:.0f} ops per update, "
-              f"{count} stacked {together[kind][0] / count:.1f} ms per stream-update and "
-              f"{together[kind][1]:.0f} ops per update")
+        print(
+            f"streams: {kind}: one stream {alone[kind][0]:.1f} ms and {alone[kind][1]:.0f} ops per update, "
+            f"{count} stacked {together[kind][0] / count:.1f} ms per stream-update and "
+            f"{together[kind][1]:.0f} ops per update"
+        )
 
 
 def windows_taking_turns(models: dict, frames: list, rounds: int, window: int = 15) -> dict[str, list[float]]:
@@ -234,8 +260,16 @@ class AutogradLoss(StreamingAutoEncoder):
         weight = pixel_weight / pixel_weight.mean()
         loss = MSE_WEIGHT * (weight * error.square()).mean() + L1_WEIGHT * (weight * error.abs()).mean()
         loss = loss + SSIM_WEIGHT * (1 - ssim(luma(reconstruction), luma(x), stride=SSIM_STRIDE))
-        return {"loss": loss, "mse": error.detach().square().mean(), "l1": error.detach().abs().mean(),
-                "ssim": torch.zeros(())}, reconstruction, latents
+        return (
+            {
+                "loss": loss,
+                "mse": error.detach().square().mean(),
+                "l1": error.detach().abs().mean(),
+                "ssim": torch.zeros(()),
+            },
+            reconstruction,
+            latents,
+        )
 
 
 def loss() -> None:
@@ -246,15 +280,22 @@ def loss() -> None:
     fused = times["fused loss (loss.ReconstructionLoss)"]
     for name, values in times.items():
         ratio = statistics.median(a / b for a, b in zip(values, fused))
-        print(f"loss: {name}: median {statistics.median(values):.1f} ms per update, {ratio:.3f} x the fused loss's time")
+        print(
+            f"loss: {name}: median {statistics.median(values):.1f} ms per update, {ratio:.3f} x the fused loss's time"
+        )
 
 
-WITH_ENCODER_NORM = {"encoder_layer_norm": True}  # the candidates with encoder layer norm, as their quality was measured
+WITH_ENCODER_NORM = {
+    "encoder_layer_norm": True
+}  # the candidates with encoder layer norm, as their quality was measured
 CANDIDATES = {
     "default": {},
     "+ encoder layer norm": WITH_ENCODER_NORM,
     "branch heads, encoder 8,16, encoder layer norm": {
-        **WITH_ENCODER_NORM, "branch_heads": True, "encoder_widths": (8, 16)},
+        **WITH_ENCODER_NORM,
+        "branch_heads": True,
+        "encoder_widths": (8, 16),
+    },
     "branch heads": {**WITH_ENCODER_NORM, "branch_heads": True},
     "encoder 8,16": {**WITH_ENCODER_NORM, "encoder_widths": (8, 16)},
     "upsampled width 8": {**WITH_ENCODER_NORM, "upsampled_width": 8},
@@ -282,13 +323,23 @@ def candidates() -> None:
     for name, values in times.items():
         ratio = statistics.median(a / b for a, b in zip(values, times["default"]))
         gflop = count_gflop(ModelConfig(**CANDIDATES[name]), "obgd-adaptive", frames, torch.device("cpu"))
-        print(f"candidates: {name}: {gflop:.3f} GFLOP, median {statistics.median(values):.1f} ms per update, "
-              f"{ratio:.3f} x the default's time")
+        print(
+            f"candidates: {name}: {gflop:.3f} GFLOP, median {statistics.median(values):.1f} ms per update, "
+            f"{ratio:.3f} x the default's time"
+        )
 
 
 if __name__ == "__main__":
     keep_freed_memory()
-    sections = {"layout": layout, "convs": convs, "ssim": ssim_blur, "loss": loss, "threads": threads, "ops": ops,
-                "candidates": candidates, "streams": streams}
+    sections = {
+        "layout": layout,
+        "convs": convs,
+        "ssim": ssim_blur,
+        "loss": loss,
+        "threads": threads,
+        "ops": ops,
+        "candidates": candidates,
+        "streams": streams,
+    }
     for name in sys.argv[1:] or sections:
         sections[name]()

@@ -44,8 +44,13 @@ def run_side(root: str, out: str) -> None:
     from utils import preprocess_frame
 
     torch.set_num_threads(1)
-    frames = torch.stack([torch.cat([preprocess_frame(f) for f in collect_frames(game, UPDATES, seed)])
-                          for seed, game in enumerate(GAMES)], 1)  # (updates, games, 3, 224, 224)
+    frames = torch.stack(
+        [
+            torch.cat([preprocess_frame(f) for f in collect_frames(game, UPDATES, seed)])
+            for seed, game in enumerate(GAMES)
+        ],
+        1,
+    )  # (updates, games, 3, 224, 224)
     saved = {"frames": frames}
     for name in OPTIMIZERS:
         torch.manual_seed(0)
@@ -72,15 +77,22 @@ def run_side(root: str, out: str) -> None:
 
 def commit(root: Path) -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return git("rev-parse", "--short", "HEAD") + (
+        "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
 
 
 def bitwise_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-        and torch.equal(a[k].contiguous().view(torch.uint8), b[k].contiguous().view(torch.uint8)) for k in a)
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and torch.equal(a[k].contiguous().view(torch.uint8), b[k].contiguous().view(torch.uint8))
+        for k in a
+    )
 
 
 def largest_relative(new: torch.Tensor, old: torch.Tensor) -> float:

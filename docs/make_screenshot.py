@@ -28,15 +28,33 @@ TITLE = "Streaming autoencoder"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="frames learned headless before the window opens")
-    parser.add_argument("--window-seconds", type=float, default=20, help="seconds of learning in the window before the shot")
+    parser.add_argument(
+        "--window-seconds", type=float, default=20, help="seconds of learning in the window before the shot"
+    )
     parser.add_argument("--game", default="Breakout,Assault,SpaceInvaders,Pacman,Asteroids")
     parser.add_argument("--switch-every", default="500")
     parser.add_argument("--out", default=str(ROOT / "docs" / "live_window.png"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        trained = run_main(["--window", "off", "--game", args.game, "--switch-every", args.switch_every, "--seed", "0",
-                            "--steps", str(args.steps), "--eval-every", "100"], folder, timeout=3600)
+        trained = run_main(
+            [
+                "--window",
+                "off",
+                "--game",
+                args.game,
+                "--switch-every",
+                args.switch_every,
+                "--seed",
+                "0",
+                "--steps",
+                str(args.steps),
+                "--eval-every",
+                "100",
+            ],
+            folder,
+            timeout=3600,
+        )
         if trained.returncode != 0:
             raise SystemExit(trained.stderr)
         server = Xvfb()

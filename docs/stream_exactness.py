@@ -74,8 +74,9 @@ def one_thread_against_two(optimizer: str, frames: dict, updates: int) -> list[f
 
 def main() -> None:
     updates = int(sys.argv[1]) if len(sys.argv) > 1 else 50
-    frames = {game: [preprocess_frame(f) for f in collect_frames(game, updates, seed=i)]
-              for i, game in enumerate(GAMES)}
+    frames = {
+        game: [preprocess_frame(f) for f in collect_frames(game, updates, seed=i)] for i, game in enumerate(GAMES)
+    }
     print(f"relative weight difference after {updates} updates, per game ({', '.join(GAMES)})")
     for optimizer in OPTIMIZERS:
         rows = {

@@ -30,14 +30,19 @@ class ShrinkPerturb(Method):
     def __init__(self, learner, options: Options):
         super().__init__(learner, options)
         device = learner.device
-        self.generators = [torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,))))
-                           for _ in range(self.streams)]
+        self.generators = [
+            torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,)))) for _ in range(self.streams)
+        ]
 
     @torch.no_grad()
     def after_step(self, learner, finite: torch.Tensor, hidden: dict | None) -> dict[str, torch.Tensor]:
         weights = learner.rows(learner.flat_params.detach())
-        noise = torch.stack([torch.randn(weights.shape[1:], generator=g, device=weights.device, dtype=weights.dtype)
-                             for g in self.generators])
+        noise = torch.stack(
+            [
+                torch.randn(weights.shape[1:], generator=g, device=weights.device, dtype=weights.dtype)
+                for g in self.generators
+            ]
+        )
         kept = learner.rows(finite).to(weights.dtype)[:, None]
         weights.mul_(1 - self.options.shrink * kept).add_(noise * (self.options.sigma * kept))
         return {}

@@ -20,14 +20,22 @@ def main_env(**extra: str) -> dict:
 
 
 def run_main(args: list[str], cwd: Path, timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, MAIN, *args], cwd=cwd, env=main_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, MAIN, *args], cwd=cwd, env=main_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_main(args: list[str], cwd: Path, **env) -> subprocess.Popen:
     """A run in its own process group, so signals go to the group as a terminal sends them."""
-    return subprocess.Popen([sys.executable, MAIN, *args], cwd=cwd, env=main_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, MAIN, *args],
+        cwd=cwd,
+        env=main_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -47,7 +55,9 @@ def read_scalars(log_dir: Path) -> dict:
     """Every tag in a run folder, read back with TensorBoard's own EventAccumulator."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
+    accumulator = EventAccumulator(
+        str(log_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
+    )
     accumulator.Reload()
     return accumulator
 

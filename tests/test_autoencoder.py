@@ -6,8 +6,21 @@ import torch
 from autoencoder import StreamingAutoEncoder, create_streaming_ae
 from utils import preprocess_frame
 
-RESULT_KEYS = {"loss", "mse", "l1", "ssim", "psnr", "reconstruction", "embeddings", "change_mask",
-               "step", "fps", "step_ms", "step_size", "skipped"}
+RESULT_KEYS = {
+    "loss",
+    "mse",
+    "l1",
+    "ssim",
+    "psnr",
+    "reconstruction",
+    "embeddings",
+    "change_mask",
+    "step",
+    "fps",
+    "step_ms",
+    "step_size",
+    "skipped",
+}
 
 
 @pytest.fixture
@@ -139,7 +152,9 @@ def test_cuda_graph_replay_makes_the_eager_update(breakout_frames, optimizer):
     results, losses = [], []
     for frame in frames:
         eager.load_state_dict(graphed.state_dict())
-        eager.optimizer.load_state_dict(copy.deepcopy(graphed.optimizer.state_dict()))  # Adam would share its step tensor
+        eager.optimizer.load_state_dict(
+            copy.deepcopy(graphed.optimizer.state_dict())
+        )  # Adam would share its step tensor
         if graphed.change_detector.previous.numel():
             eager.change_detector.previous = graphed.change_detector.previous.clone()
         expected = eager.update_params(frame)

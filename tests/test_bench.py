@@ -6,15 +6,15 @@ import sys
 
 import cv2
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
 
 
 def run_bench(*args: str, cwd=ROOT) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), *args, "--json"], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench.py"), *args, "--json"], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip()  # progress goes to stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -25,26 +25,51 @@ def test_speed_reports_every_spec_field():
     assert report["streams"] == 2
     assert report["stream_updates_per_s"] == pytest.approx(2 * report["update_fps"], rel=0.01)
     assert report["single_update_fps"] > 0 and report["speedup_vs_single"] > 0
-    assert {"device", "threads", "update_fps", "loop_fps", "env_fps", "gflop_per_update", "achieved_gflops",
-            "matmul_gflops", "roofline_fraction", "stages_ms"} <= report.keys()
+    assert {
+        "device",
+        "threads",
+        "update_fps",
+        "loop_fps",
+        "env_fps",
+        "gflop_per_update",
+        "achieved_gflops",
+        "matmul_gflops",
+        "roofline_fraction",
+        "stages_ms",
+    } <= report.keys()
     assert set(report["stages_ms"]) == {"env", "preprocess", "forward", "backward", "optimizer", "logging"}
     assert report["gflop_per_update"] > 0.1 and report["update_fps"] > 0 and report["matmul_gflops"] > 1
     assert report["achieved_gflops"] == pytest.approx(report["gflop_per_update"] * report["update_fps"], rel=0.01)
     assert report["roofline_fraction"] == pytest.approx(report["achieved_gflops"] / report["matmul_gflops"], rel=0.01)
 
 
-CODEC_FIELDS = {"frozen_psnr", "latent_bytes", "bpp", "decoder_parameters", "decoder_bytes", "jpeg_psnr", "webp_psnr",
-                "x264_psnr", "png_bytes", "webp_lossless_bytes", "webp_bytes_at_frozen_psnr", "jpeg_bytes_at_frozen_psnr",
-                "x264_bytes_at_frozen_psnr"}
+CODEC_FIELDS = {
+    "frozen_psnr",
+    "latent_bytes",
+    "bpp",
+    "decoder_parameters",
+    "decoder_bytes",
+    "jpeg_psnr",
+    "webp_psnr",
+    "x264_psnr",
+    "png_bytes",
+    "webp_lossless_bytes",
+    "webp_bytes_at_frozen_psnr",
+    "jpeg_bytes_at_frozen_psnr",
+    "x264_bytes_at_frozen_psnr",
+}
 
 
 def test_quality_rows_codec_fields_and_plot(tmp_path):
     plot = tmp_path / "quality.png"
-    report = run_bench("quality", "--frames", "30", "--heldout", "12", "--games", "Breakout", "MsPacman",
-                       "--plot", str(plot))
+    report = run_bench(
+        "quality", "--frames", "30", "--heldout", "12", "--games", "Breakout", "MsPacman", "--plot", str(plot)
+    )
     rows = report["results"]
     assert [(r["game"], r["optimizer"], r["frames"], r["heldout"]) for r in rows] == [
-        ("Breakout", "obgd-adaptive", 30, 12), ("MsPacman", "obgd-adaptive", 30, 12)]
+        ("Breakout", "obgd-adaptive", 30, 12),
+        ("MsPacman", "obgd-adaptive", 30, 12),
+    ]
     for row in rows:
         assert {"psnr", "floor_psnr"} | CODEC_FIELDS <= row.keys()
         assert row["bpp"] == pytest.approx(row["latent_bytes"] * 8 / 224**2, abs=1e-4)
@@ -57,16 +82,18 @@ def test_quality_rows_codec_fields_and_plot(tmp_path):
 
 
 def test_float_latents_have_no_bytes():
-    row = run_bench("quality", "--frames", "10", "--heldout", "4", "--games", "Breakout",
-                    "--set", "latent_bits=0")["results"][0]
+    row = run_bench("quality", "--frames", "10", "--heldout", "4", "--games", "Breakout", "--set", "latent_bits=0")[
+        "results"
+    ][0]
     assert row["latent_bytes"] is None and row["bpp"] is None and row["webp_psnr"] is None
     assert row["frozen_psnr"] > 5
 
 
 def test_rate_points_curves_bd_rates_and_plot(tmp_path):
     plot = tmp_path / "rate.png"
-    report = run_bench("rate", "--frames", "20", "--heldout", "6", "--games", "Breakout", "--points", "3:8", "1:4",
-                       "--plot", str(plot))
+    report = run_bench(
+        "rate", "--frames", "20", "--heldout", "6", "--games", "Breakout", "--points", "3:8", "1:4", "--plot", str(plot)
+    )
     entry = report["games"]["Breakout"]
     assert [(p["latent_channels"], p["latent_bits"]) for p in entry["model"]] == [(3, 8), (1, 4)]
     assert entry["model"][1]["latent_bytes"] < entry["model"][0]["latent_bytes"]  # fewer channels, fewer bits
@@ -88,9 +115,27 @@ def test_continual_rows_matrix_summary_and_plot(tmp_path):
     from continual import forgetting_summary
 
     plot = tmp_path / "continual.png"
-    report = run_bench("continual", "--games", "Breakout", "Pong", "--switch-every", "8", "--cycles", "2",
-                       "--optimizers", "obgd", "sgd", "--seeds", "0", "--eval-every", "4", "--probe-frames", "4",
-                       "--plot", str(plot))
+    report = run_bench(
+        "continual",
+        "--games",
+        "Breakout",
+        "Pong",
+        "--switch-every",
+        "8",
+        "--cycles",
+        "2",
+        "--optimizers",
+        "obgd",
+        "sgd",
+        "--seeds",
+        "0",
+        "--eval-every",
+        "4",
+        "--probe-frames",
+        "4",
+        "--plot",
+        str(plot),
+    )
     rows = report["results"]
     assert [(r["optimizer"], r["seed"]) for r in rows] == [("obgd", 0), ("sgd", 0)]
     for row in rows:
@@ -126,14 +171,32 @@ def test_packed_quality_rows_equal_the_unpacked_ones_locally_and_on_ray():
     alone, packed = run_bench(*QUALITY), run_bench(*QUALITY, "--streams", "2")
     assert_rows_within(quality_psnrs(packed), quality_psnrs(alone))
     assert [r["latent_bytes"] for r in packed["results"]] == pytest.approx(
-        [r["latent_bytes"] for r in alone["results"]], rel=0.02)
+        [r["latent_bytes"] for r in alone["results"]], rel=0.02
+    )
     pytest.importorskip("ray")
     assert_rows_within(quality_psnrs(run_bench(*QUALITY, "--streams", "2", "--ray")), quality_psnrs(packed))
 
 
 def test_packed_continual_rows_equal_the_unpacked_ones():
-    args = ("continual", "--games", "Breakout", "Pacman", "--switch-every", "6", "--cycles", "1", "--seeds", "0", "1",
-            "--optimizers", "adam", "--probe-frames", "3", "--eval-every", "0")
+    args = (
+        "continual",
+        "--games",
+        "Breakout",
+        "Pacman",
+        "--switch-every",
+        "6",
+        "--cycles",
+        "1",
+        "--seeds",
+        "0",
+        "1",
+        "--optimizers",
+        "adam",
+        "--probe-frames",
+        "3",
+        "--eval-every",
+        "0",
+    )
     alone, packed = run_bench(*args), run_bench(*args, "--streams", "2")
     assert [(r["optimizer"], r["seed"]) for r in packed["results"]] == [("adam", 0), ("adam", 1)]
     for ours, theirs in zip(packed["results"], alone["results"]):

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ale_frames
 
 from autoencoder import StreamingAutoEncoder
 from baselines import CODECS, decoded_psnr
 from benchmarks.rate import bd_rate
-from conftest import ale_frames
 from model import LatentQuantizer, ModelConfig
 from utils import preprocess_frame
 
@@ -64,7 +64,9 @@ def test_coding_changes_no_weight_optimizer_or_detector_state(trained, stream):
     assert str(trained.optimizer.state_dict()) == str(optimizer)
     assert torch.equal(trained.change_detector.previous, previous)
     after, expected = trained.update_params(stream[30]), twin.update_params(stream[30])
-    assert torch.equal(after["loss"], expected["loss"]) and torch.equal(after["reconstruction"], expected["reconstruction"])
+    assert torch.equal(after["loss"], expected["loss"]) and torch.equal(
+        after["reconstruction"], expected["reconstruction"]
+    )
 
 
 def test_bytes_match_the_entropy_models_own_estimate(trained, stream):
@@ -100,7 +102,9 @@ def test_quantiser_values_lie_on_the_grid_with_a_straight_through_gradient(bits)
     assert torch.equal(values.detach(), quantiser.values(quantiser.codes(z)))
     assert (values.detach() - torch.tanh(z.detach())).abs().max() <= 1 / (2**bits - 1) + 1e-6  # half a level
     values.sum().backward()
-    assert torch.allclose(z.grad, 1 - torch.tanh(z.detach()) ** 2, rtol=1e-4, atol=1e-6)  # rounding counts as the identity
+    assert torch.allclose(
+        z.grad, 1 - torch.tanh(z.detach()) ** 2, rtol=1e-4, atol=1e-6
+    )  # rounding counts as the identity
 
 
 def test_noisy_quantiser_stays_within_half_a_level_with_tanh_gradient():

@@ -7,6 +7,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from helpers import read_scalars, run_main
 from torch import nn
 
 import continual
@@ -15,7 +16,6 @@ import observers
 import stream
 from autoencoder import StreamingAutoEncoder, create_streaming_ae
 from continual import dormant_fraction, effective_rank, forgetting_summary, scoring, upgd_plasticity
-from helpers import read_scalars, run_main
 from model import PixelChangeDetector
 from optim import register_optimizer
 from stream import Schedule, probe_frames
@@ -25,8 +25,9 @@ from utils import preprocess_frame
 def test_schedule_plays_each_game_for_its_segment_and_cycles():
     schedule = Schedule(("Breakout", "Pacman", "Assault"), 3)
     played = [schedule.game_at(t) for t in range(1, 20)]
-    assert played == ["Breakout"] * 3 + ["Pacman"] * 3 + ["Assault"] * 3 + ["Breakout"] * 3 + ["Pacman"] * 3 \
-        + ["Assault"] * 3 + ["Breakout"]
+    assert played == ["Breakout"] * 3 + ["Pacman"] * 3 + ["Assault"] * 3 + ["Breakout"] * 3 + ["Pacman"] * 3 + [
+        "Assault"
+    ] * 3 + ["Breakout"]
     assert schedule.position(5) == "Pacman (2/3, 2/3)"
 
 
@@ -37,8 +38,20 @@ def _events(log_dir) -> list[tuple[int, str]]:
 
 @pytest.mark.slow
 def test_a_schedule_resumed_mid_segment_plays_the_same_game_at_the_same_step(tmp_path):
-    args = ["--game", "Breakout,Pong,Assault", "--switch-every", "10", "--seed", "3", "--window", "off",
-            "--eval-every", "0", "--log-dir", "runs/s"]
+    args = [
+        "--game",
+        "Breakout,Pong,Assault",
+        "--switch-every",
+        "10",
+        "--seed",
+        "3",
+        "--window",
+        "off",
+        "--eval-every",
+        "0",
+        "--log-dir",
+        "runs/s",
+    ]
     first = run_main([*args, "--steps", "15"], tmp_path)
     assert first.returncode == 0, first.stderr
     assert torch.load(tmp_path / "quick_demo_model.pth", weights_only=True)["game"] == "Pong"
@@ -47,9 +60,11 @@ def test_a_schedule_resumed_mid_segment_plays_the_same_game_at_the_same_step(tmp
     saved = torch.load(tmp_path / "quick_demo_model.pth", weights_only=True)
     assert saved["step"] == 35 and saved["game"] == "Breakout"
     assert saved["schedule"] == {"games": ["Breakout", "Pong", "Assault"], "switch_every": 10}
-    assert _events(tmp_path / "runs" / "s") == [(11, "switched to Pong at step 11"),
-                                                (21, "switched to Assault at step 21"),
-                                                (31, "switched to Breakout at step 31")]
+    assert _events(tmp_path / "runs" / "s") == [
+        (11, "switched to Pong at step 11"),
+        (21, "switched to Assault at step 21"),
+        (31, "switched to Breakout at step 31"),
+    ]
 
 
 def test_probe_sets_repeat_for_a_seed_and_differ_between_games_and_seeds():
@@ -62,6 +77,7 @@ def test_probe_sets_repeat_for_a_seed_and_differ_between_games_and_seeds():
 
 def test_probe_frames_skip_after_each_reset_and_keep_every_eighth(monkeypatch):
     """A fake env whose frame is its step count since the last reset, ending every 100 steps."""
+
     class CountingEnv:
         def __init__(self):
             self.t = 0
@@ -102,21 +118,46 @@ def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, m
 
     served = []
     monkeypatch.setattr(stream, "make_env", make_env)
-    monkeypatch.setattr(stream.FrameStream, "frame_for",
-                        lambda self, step: (out := real_frame_for(self, step), served.append(out[0]))[0])
+    monkeypatch.setattr(
+        stream.FrameStream,
+        "frame_for",
+        lambda self, step: (out := real_frame_for(self, step), served.append(out[0]))[0],
+    )
     real_update, real_detect = StreamingAutoEncoder.update_params, PixelChangeDetector.forward
-    monkeypatch.setattr(StreamingAutoEncoder, "update_params",
-                        lambda self, frame, **kw: (trained.append(frame), real_update(self, frame, **kw))[1])
-    monkeypatch.setattr(PixelChangeDetector, "forward",
-                        lambda self, frame: (detected.append(frame), real_detect(self, frame))[1])
+    monkeypatch.setattr(
+        StreamingAutoEncoder,
+        "update_params",
+        lambda self, frame, **kw: (trained.append(frame), real_update(self, frame, **kw))[1],
+    )
+    monkeypatch.setattr(
+        PixelChangeDetector, "forward", lambda self, frame: (detected.append(frame), real_detect(self, frame))[1]
+    )
     scorings = []
     real_scoring = observers.scoring
     monkeypatch.setattr(observers, "scoring", lambda *a: (scorings.append(a[0].step), real_scoring(*a))[1])
     monkeypatch.chdir(tmp_path)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = main.run(["--game", "Breakout,Pong", "--switch-every", "6", "--steps", "12", "--seed", "2",
-                         "--eval-every", "4", "--probe-frames", "3", "--window", "off", "--log-dir", "runs/p"])
+        code = main.run(
+            [
+                "--game",
+                "Breakout,Pong",
+                "--switch-every",
+                "6",
+                "--steps",
+                "12",
+                "--seed",
+                "2",
+                "--eval-every",
+                "4",
+                "--probe-frames",
+                "3",
+                "--window",
+                "off",
+                "--log-dir",
+                "runs/p",
+            ]
+        )
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -127,9 +168,17 @@ def test_no_probe_frame_reaches_update_params_or_the_change_detector(tmp_path, m
     probe_ids = {id(f) for f in probe_raw}
     assert not probe_ids & {id(f) for f in trained}
     tags = read_scalars(tmp_path / "runs" / "p").Tags()["scalars"]
-    assert {"probe/psnr/Breakout", "probe/psnr/Pong", "probe/floor/Breakout", "probe/floor/Pong",
-            "plasticity/upgd", "plasticity/dormant_fraction", "plasticity/effective_rank",
-            "plasticity/weight_l2", "plasticity/grad_l2"} <= set(tags)
+    assert {
+        "probe/psnr/Breakout",
+        "probe/psnr/Pong",
+        "probe/floor/Breakout",
+        "probe/floor/Pong",
+        "plasticity/upgd",
+        "plasticity/dormant_fraction",
+        "plasticity/effective_rank",
+        "plasticity/weight_l2",
+        "plasticity/grad_l2",
+    } <= set(tags)
 
 
 @pytest.mark.slow
@@ -138,11 +187,17 @@ def test_probe_sets_are_the_same_whether_resumed_or_not(tmp_path):
     args = ["--seed", "8", "--window", "off", "--eval-every", "5", "--probe-frames", "4"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert run_main([*args, "--game", "Breakout", "--steps", "5", "--log-dir", "runs/a"], tmp_path / "a").returncode == 0
-    assert run_main([*args, "--game", "Breakout,Pong", "--steps", "10", "--log-dir", "runs/a"],
-                    tmp_path / "a").returncode == 0
-    assert run_main([*args, "--game", "Breakout,Pong", "--steps", "10", "--log-dir", "runs/b"],
-                    tmp_path / "b").returncode == 0
+    assert (
+        run_main([*args, "--game", "Breakout", "--steps", "5", "--log-dir", "runs/a"], tmp_path / "a").returncode == 0
+    )
+    assert (
+        run_main([*args, "--game", "Breakout,Pong", "--steps", "10", "--log-dir", "runs/a"], tmp_path / "a").returncode
+        == 0
+    )
+    assert (
+        run_main([*args, "--game", "Breakout,Pong", "--steps", "10", "--log-dir", "runs/b"], tmp_path / "b").returncode
+        == 0
+    )
     resumed = read_scalars(tmp_path / "a" / "runs" / "a")
     straight = read_scalars(tmp_path / "b" / "runs" / "b")
     breakout = [(e.step, e.value) for e in resumed.Scalars("probe/floor/Breakout")]
@@ -169,7 +224,9 @@ def learner(breakout_frames):
 def test_scoring_leaves_weights_optimizer_and_change_detector_untouched(learner, breakout_frames):
     model, results = learner
     twin, _ = _trained(breakout_frames)
-    probes = {"Breakout": torch.cat([preprocess_frame(f).mul(255).round().to(torch.uint8) for f in breakout_frames[20:26]])}
+    probes = {
+        "Breakout": torch.cat([preprocess_frame(f).mul(255).round().to(torch.uint8) for f in breakout_frames[20:26]])
+    }
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(model.optimizer.state_dict())
     previous = model.change_detector.previous.clone()
     tags = scoring(model, probes, "Breakout", results)
@@ -211,7 +268,8 @@ def test_learner_upgd_is_one_minus_the_loss_ratio_on_the_frame_just_learned(lear
     assert metrics["plasticity/upgd"] == pytest.approx(max(0.0, 1 - after.item() / results["loss"].item()), abs=1e-6)
     assert metrics["plasticity/grad_l2"] == pytest.approx(results["grad_norm"].item())
     assert metrics["plasticity/weight_l2"] == pytest.approx(
-        math.sqrt(sum(p.detach().double().square().sum().item() for p in model.parameters())), rel=1e-5)
+        math.sqrt(sum(p.detach().double().square().sum().item() for p in model.parameters())), rel=1e-5
+    )
 
 
 def test_dormant_fraction_finds_a_dead_and_a_weak_unit():
@@ -241,10 +299,12 @@ def test_effective_rank_of_rank_one_and_hand_computed_spectra():
 
 def test_forgetting_bwt_gains_and_trend_from_a_hand_made_matrix():
     """Two games A, B, two cycles: segments train A, B, A, B."""
-    matrix = [[20.0, 10.0],  # after segment 0 (A)
-              [15.0, 25.0],  # after 1 (B)
-              [22.0, 18.0],  # after 2 (A)
-              [17.0, 26.0]]  # after 3 (B), the last
+    matrix = [
+        [20.0, 10.0],  # after segment 0 (A)
+        [15.0, 25.0],  # after 1 (B)
+        [22.0, 18.0],  # after 2 (A)
+        [17.0, 26.0],
+    ]  # after 3 (B), the last
     summary = forgetting_summary(matrix, [0, 1, 0, 1], floor=[12.0, 14.0], games_per_cycle=2)
     assert summary["forgetting"] == [22.0 - 17.0, 25.0 - 26.0]  # A: best of rows 0-2; B: best of rows 1-2
     assert summary["bwt"] == pytest.approx(((17 - 20) + (26 - 25) + (17 - 22)) / 3)

@@ -5,22 +5,40 @@ import os
 
 import pytest
 import torch
+from helpers import read_scalars
 
 import main
 import observers
 from autoencoder import StreamingAutoEncoder
-from helpers import read_scalars
 from loop import FrameLoop, Observer
-from model import ModelConfig
 from metrics import OnlineFloor
-from observers import (CheckpointSaver, LiveView, MemorySamples, OnlineFloorScore, ProbeScoring, StageTimes,
-                       TensorBoardLog)
+from model import ModelConfig
+from observers import (
+    CheckpointSaver,
+    LiveView,
+    MemorySamples,
+    OnlineFloorScore,
+    ProbeScoring,
+    StageTimes,
+    TensorBoardLog,
+)
 from runtime import UsageError, lock_checkpoint
 from stream import FrameStream, Schedule, probe_frames
 
 SMALL = ModelConfig(encoder_widths=(4, 4), decoder_width=8, upsampled_width=4)
-SPEC_SCALARS = {"loss/total", "loss/mse", "loss/l1", "loss/ssim", "quality/psnr", "quality/floor_psnr", "perf/fps",
-                "perf/step_ms", "optim/step_size", "optim/skipped", "change/fraction"}
+SPEC_SCALARS = {
+    "loss/total",
+    "loss/mse",
+    "loss/l1",
+    "loss/ssim",
+    "quality/psnr",
+    "quality/floor_psnr",
+    "perf/fps",
+    "perf/step_ms",
+    "optim/step_size",
+    "optim/skipped",
+    "change/fraction",
+}
 
 
 def small_learner(seed: int = 0) -> StreamingAutoEncoder:
@@ -92,10 +110,12 @@ def test_a_failure_aborts_every_observer_in_reverse_order_and_is_raised():
 
 
 def test_the_tensorboard_observer_writes_every_spec_tag_at_its_cadence(tmp_path):
-    log = TensorBoardLog(tmp_path, scalar_every=1, image_every=2, histogram_every=3, settings={"seed": 1},
-                         events=[("a note", 0)])
-    loop = FrameLoop(small_learner(), FrameStream(Schedule(("Breakout", "Pong"), 2), 1),
-                     [OnlineFloorScore(OnlineFloor()), log])
+    log = TensorBoardLog(
+        tmp_path, scalar_every=1, image_every=2, histogram_every=3, settings={"seed": 1}, events=[("a note", 0)]
+    )
+    loop = FrameLoop(
+        small_learner(), FrameStream(Schedule(("Breakout", "Pong"), 2), 1), [OnlineFloorScore(OnlineFloor()), log]
+    )
     loop.run(steps=5)
     events = read_scalars(tmp_path)
     tags = events.Tags()
@@ -130,8 +150,13 @@ def test_a_resumed_probe_scoring_shows_its_first_scores_without_logging_them(tmp
     recorder, log = Recorder(), TensorBoardLog(tmp_path, 1, 100, 100, resumed_at=6)
     scoring = ProbeScoring(probes, Schedule(("Breakout",), 9), every=8, floors=False, log_start=False)
     view = LiveView(Schedule(("Breakout",), 9), window=False, display_fps=10, steps=0)
-    FrameLoop(small_learner(), FrameStream(Schedule(("Breakout",), 9), 1), [log, scoring, view, recorder],
-              step=6, games=["Breakout"]).run(8)
+    FrameLoop(
+        small_learner(),
+        FrameStream(Schedule(("Breakout",), 9), 1),
+        [log, scoring, view, recorder],
+        step=6,
+        games=["Breakout"],
+    ).run(8)
     assert [(step, logged) for step, (_, logged) in recorder.hooks("scores")] == [(6, False), (8, True)]
     assert [e.step for e in read_scalars(tmp_path).Scalars("probe/psnr/Breakout")] == [8]
     assert set(view.probe) == {"Breakout"}
@@ -140,8 +165,11 @@ def test_a_resumed_probe_scoring_shows_its_first_scores_without_logging_them(tmp
 def test_the_checkpoint_observer_saves_every_n_steps_and_at_the_end(tmp_path, monkeypatch):
     saved = []
     real_save = observers.save_checkpoint
-    monkeypatch.setattr(observers, "save_checkpoint", lambda path, model, *rest: (saved.append(model.step),
-                                                                                  real_save(path, model, *rest)))
+    monkeypatch.setattr(
+        observers,
+        "save_checkpoint",
+        lambda path, model, *rest: (saved.append(model.step), real_save(path, model, *rest)),
+    )
     config = main.parse_args(["--seed", "1", "--game", "Breakout"])[0]
     schedule = Schedule(("Breakout",), 9)
     saver = CheckpointSaver(tmp_path / "c.pth", 2, config, schedule, tmp_path / "runs", OnlineFloor())
@@ -208,8 +236,10 @@ def test_a_two_stream_learner_cuts_only_the_stream_whose_game_switched():
     learner = StreamingAutoEncoder.stack([small_learner(0), small_learner(1)])
     cuts = []
     real_forget = learner.forget_previous_frame
-    learner.forget_previous_frame = lambda streams=None: (cuts.append((recorder_steps(), streams)),
-                                                          real_forget(streams))
+    learner.forget_previous_frame = lambda streams=None: (
+        cuts.append((recorder_steps(), streams)),
+        real_forget(streams),
+    )
     sources = [FrameStream(Schedule(("Breakout", "Pong"), 2), 1), FrameStream(Schedule(("Breakout",), 9), 2)]
     recorder, masks = Recorder(), []
 
@@ -232,4 +262,5 @@ def test_a_two_stream_learner_cuts_only_the_stream_whose_game_switched():
     assert "plasticity/upgd" in recorder.hooks("scores")[1][1][0]
     view = learner.view(1)
     assert second.scored_step == 4 and second.latest["probe/psnr/Breakout"] == pytest.approx(
-        10 * math.log10(1 / view.evaluate(probes["Breakout"]).mean().item()))
+        10 * math.log10(1 / view.evaluate(probes["Breakout"]).mean().item())
+    )

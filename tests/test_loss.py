@@ -108,7 +108,9 @@ def test_per_image_loss_is_each_images_own_loss_and_gradient(weighted):
         single = reconstruction_loss(alone, y[i : i + 1], None if weight is None else weight[i : i + 1])
         for key in ("loss", "mse", "l1", "ssim"):
             assert parts[key][i].item() == pytest.approx(single[key].item(), rel=1e-12)
-        torch.testing.assert_close(ours[i : i + 1], torch.autograd.grad(single["loss"], alone)[0], rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(
+            ours[i : i + 1], torch.autograd.grad(single["loss"], alone)[0], rtol=1e-10, atol=1e-14
+        )
 
 
 def test_fused_loss_traces_into_one_graph_for_torch_compile():
@@ -122,8 +124,9 @@ def test_fused_loss_traces_into_one_graph_for_torch_compile():
     eager_parts, compiled_parts = reconstruction_loss(x, y, weight), compiled(x, y, weight)
     for key in ("loss", "mse", "l1", "ssim"):
         torch.testing.assert_close(compiled_parts[key], eager_parts[key])
-    torch.testing.assert_close(torch.autograd.grad(compiled_parts["loss"], x)[0],
-                               torch.autograd.grad(eager_parts["loss"], x)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(compiled_parts["loss"], x)[0], torch.autograd.grad(eager_parts["loss"], x)[0]
+    )
 
 
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])

@@ -6,14 +6,24 @@ import urllib.request
 
 import pytest
 import torch
+from helpers import read_scalars, run_main, signal_group, start_main, wait_for
 
 import main
-from helpers import read_scalars, run_main, signal_group, start_main, wait_for
 
 pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
 
-SPEC_SCALARS = {"loss/total", "loss/mse", "loss/l1", "loss/ssim", "quality/psnr", "perf/fps", "perf/step_ms",
-                "optim/step_size", "optim/skipped", "change/fraction"}
+SPEC_SCALARS = {
+    "loss/total",
+    "loss/mse",
+    "loss/l1",
+    "loss/ssim",
+    "quality/psnr",
+    "perf/fps",
+    "perf/step_ms",
+    "optim/step_size",
+    "optim/skipped",
+    "change/fraction",
+}
 SPEC_IMAGES = {"frames/input_reconstruction", "frames/change_mask", "features/3x3", "features/5x5", "features/7x7"}
 
 
@@ -30,7 +40,9 @@ def resumed_run(tmp_path_factory):
 def test_a_run_writes_every_spec_tag_and_a_checkpoint(resumed_run):
     folder, first, _ = resumed_run
     assert first.returncode == 0, first.stderr
-    assert "game: Breakout" in first.stdout and "device: cpu" in first.stdout and "log folder: runs/demo" in first.stdout
+    assert (
+        "game: Breakout" in first.stdout and "device: cpu" in first.stdout and "log folder: runs/demo" in first.stdout
+    )
     events = read_scalars(folder / "runs" / "demo")
     tags = events.Tags()
     assert SPEC_SCALARS <= set(tags["scalars"])
@@ -85,10 +97,12 @@ def test_any_installed_game_is_accepted_and_an_unknown_one_lists_names(tmp_path)
 
 
 def test_tensorboard_server_lists_the_runs_loss(tmp_path):
-    process = start_main(["--game", "Assault", "--seed", "1", "--window", "off", "--tensorboard",
-                          "--log-dir", "runs/live"], tmp_path)
+    process = start_main(
+        ["--game", "Assault", "--seed", "1", "--window", "off", "--tensorboard", "--log-dir", "runs/live"], tmp_path
+    )
     url = None
     try:
+
         def server_url():
             nonlocal url
             line = process.stdout.readline()
@@ -132,8 +146,9 @@ def test_online_floor_psnr_against_a_hand_computation(resumed_run):
     frames_stream = FrameStream(Schedule(("Breakout",), 5000), 7)
     frames = [preprocess_frame(frames_stream.frame_for(t)[0]).double().numpy() for t in range(1, 6)]
     frames_stream.close()
-    expected = {t: 10 * np.log10(1 / np.mean((frames[t - 1] - np.mean(frames[: t - 1], axis=0)) ** 2))
-                for t in range(2, 6)}
+    expected = {
+        t: 10 * np.log10(1 / np.mean((frames[t - 1] - np.mean(frames[: t - 1], axis=0)) ** 2)) for t in range(2, 6)
+    }
     logged = {e.step: e.value for e in read_scalars(folder / "runs" / "demo").Scalars("quality/floor_psnr")}
     assert min(logged) == 2 and sorted(logged) == list(range(2, 81))  # every step from the second, across the resume
     for t, value in expected.items():

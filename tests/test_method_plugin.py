@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 from helpers import main_env, read_scalars, run_main
 
@@ -61,8 +60,20 @@ def plugin():
 
 
 def test_main_runs_and_resumes_it_with_its_state(plugin, tmp_path):
-    flags = ["--game", "Breakout", "--seed", "3", "--window", "off", "--eval-every", "0", "--checkpoint", "ck.pth",
-             "--log-dir", "runs/plugin"]
+    flags = [
+        "--game",
+        "Breakout",
+        "--seed",
+        "3",
+        "--window",
+        "off",
+        "--eval-every",
+        "0",
+        "--checkpoint",
+        "ck.pth",
+        "--log-dir",
+        "runs/plugin",
+    ]
     first = run_main([*flags, "--steps", "4", "--method", "step-count", "--method-option", "increment=2"], tmp_path)
     assert first.returncode == 0, first.stderr
     checkpoint = torch.load(tmp_path / "ck.pth", weights_only=True)
@@ -78,15 +89,45 @@ def test_main_runs_and_resumes_it_with_its_state(plugin, tmp_path):
 
 
 def test_bench_continual_packs_two_of_its_streams(plugin):
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "continual", "--games", "Breakout", "Pacman",
-                             "--switch-every", "3", "--cycles", "1", "--seeds", "0", "1", "--methods", "step-count",
-                             "--method-option", "increment=0.5", "--streams", "2", "--eval-every", "0",
-                             "--probe-frames", "2", "--json"], cwd=ROOT, env=main_env(), capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench.py"),
+            "continual",
+            "--games",
+            "Breakout",
+            "Pacman",
+            "--switch-every",
+            "3",
+            "--cycles",
+            "1",
+            "--seeds",
+            "0",
+            "1",
+            "--methods",
+            "step-count",
+            "--method-option",
+            "increment=0.5",
+            "--streams",
+            "2",
+            "--eval-every",
+            "0",
+            "--probe-frames",
+            "2",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=main_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout.strip().splitlines()[-1])["results"]
     assert [(r["method"], r["method_options"], r["seed"]) for r in rows] == [
-        ("step-count", {"increment": 0.5}, 0), ("step-count", {"increment": 0.5}, 1)]
+        ("step-count", {"increment": 0.5}, 0),
+        ("step-count", {"increment": 0.5}, 1),
+    ]
     assert "seed 0,1" in result.stderr  # one progress bar: both seeds in one stacked learner
 
 

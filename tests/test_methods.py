@@ -38,8 +38,9 @@ def learners(streams: int, config: ModelConfig = TINY, **kwargs) -> StreamingAut
 
 def plain_twin(learner: StreamingAutoEncoder) -> StreamingAutoEncoder:
     """A learner without the method, in exactly `learner`'s state."""
-    twin = StreamingAutoEncoder(learner.config, optimizer=learner.optimizer_name, lr=learner.lr,
-                                streams=learner.streams)
+    twin = StreamingAutoEncoder(
+        learner.config, optimizer=learner.optimizer_name, lr=learner.lr, streams=learner.streams
+    )
     twin.load_state_dict(learner.state_dict())
     twin.optimizer.load_state_dict(learner.optimizer.state_dict())
     if learner.change_detector is not None:
@@ -92,8 +93,9 @@ def test_l2_init_matches_the_rule_by_hand(streams):
     assert torch.equal(learner.method.initial, initial)  # theta_0 stays the initial weights
 
 
-@pytest.mark.parametrize("method, options", [("shrink-perturb", {"shrink": 1e-3, "sigma": 1e-3}),
-                                             ("l2-init", {"weight": 1e-2})])
+@pytest.mark.parametrize(
+    "method, options", [("shrink-perturb", {"shrink": 1e-3, "sigma": 1e-3}), ("l2-init", {"weight": 1e-2})]
+)
 def test_three_stacked_streams_equal_three_lone_learners(method, options):
     alone = [learners(1, method=method, method_options=options, optimizer="obgd-adaptive") for _ in range(3)]
     for seed, model in enumerate(alone):  # each lone learner seeded as stream `seed` of the stack
@@ -124,8 +126,13 @@ def test_a_loaded_learner_continues_as_its_uninterrupted_twin(method):
     learner = learners(1, method=method)
     for step in range(3):
         learner.update_params(frames(1, step))
-    saved = copy.deepcopy({"model": learner.state_dict(), "optimizer": learner.optimizer.state_dict(),
-                           "method": learner.method.state_dict()})
+    saved = copy.deepcopy(
+        {
+            "model": learner.state_dict(),
+            "optimizer": learner.optimizer.state_dict(),
+            "method": learner.method.state_dict(),
+        }
+    )
     torch.manual_seed(99)  # another initialisation and other draws: everything must come from the save
     loaded = StreamingAutoEncoder(TINY, method=method)
     loaded.load_state_dict(saved["model"])

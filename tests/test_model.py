@@ -1,10 +1,17 @@
 import pytest
 import torch
+from conftest import ale_frames
 
 from autoencoder import create_streaming_ae
-from conftest import ale_frames
-from model import (Decoder, Encoder, LayerNormalization, ModelConfig, PixelChangeDetector, ReachableSigmoid,
-                   compression_ratios)
+from model import (
+    Decoder,
+    Encoder,
+    LayerNormalization,
+    ModelConfig,
+    PixelChangeDetector,
+    ReachableSigmoid,
+    compression_ratios,
+)
 from utils import preprocess_frame
 
 SPEC_SHAPES = [(3, 27, 27), (2, 25, 25), (2, 23, 23)]
@@ -45,17 +52,19 @@ def test_decoder_sees_only_latents_and_outputs_a_224_image_in_0_1(branch_heads):
     assert all(z.grad.abs().sum() > 0 for z in latents)  # every branch reaches the image
 
 
-@pytest.mark.parametrize(
-    "switch", ["use_layer_norm", "use_residual", "use_transformer", "use_change_detector"]
-)
+@pytest.mark.parametrize("switch", ["use_layer_norm", "use_residual", "use_transformer", "use_change_detector"])
 def test_each_named_part_can_be_switched_off(switch):
     all_on = dict(use_layer_norm=True, use_residual=True, use_transformer=True, use_change_detector=True)
     on = create_streaming_ae(**all_on)
     off = create_streaming_ae(**{**all_on, switch: False})
     assert sum(p.numel() for p in off.parameters()) <= sum(p.numel() for p in on.parameters())
     names = {type(m).__name__ for m in off.modules()}
-    part = {"use_layer_norm": "LayerNormalization", "use_residual": "ResidualBlock",
-            "use_transformer": "TransformerBlock", "use_change_detector": "PixelChangeDetector"}[switch]
+    part = {
+        "use_layer_norm": "LayerNormalization",
+        "use_residual": "ResidualBlock",
+        "use_transformer": "TransformerBlock",
+        "use_change_detector": "PixelChangeDetector",
+    }[switch]
     assert part in {type(m).__name__ for m in on.modules()}
     assert part not in names
     results = off.update_params(torch.rand(1, 3, 224, 224))

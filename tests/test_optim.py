@@ -143,7 +143,9 @@ def test_obgd_step_never_syncs_with_the_host(monkeypatch, optimizer_class):
     optimizer.step(delta=torch.tensor(0.5, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("shape, unit_dim, fan_in", [((16, 8, 3, 3), 0, 72), ((10, 30), 0, 30), ((8, 12, 4, 4), 1, 128)])
+@pytest.mark.parametrize(
+    "shape, unit_dim, fan_in", [((16, 8, 3, 3), 0, 72), ((10, 30), 0, 30), ((8, 12, 4, 4), 1, 128)]
+)
 def test_sparse_init_zeroes_half_of_each_units_fan_in(shape, unit_dim, fan_in):
     weight = torch.empty(shape)
     sparse_init_(weight, 0.5, unit_dim=unit_dim)

@@ -1,7 +1,7 @@
 import pytest
-tomllib = pytest.importorskip("tomllib")
-
 from conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib")
 
 
 def test_requirements_txt_mirrors_pyproject():
@@ -15,8 +15,13 @@ def test_only_one_opencv_wheel_is_installed():
     from importlib.metadata import distributions
 
     names = {d.metadata["Name"].lower() for d in distributions()}
-    assert len(names & {"opencv-python", "opencv-python-headless", "opencv-contrib-python",
-                        "opencv-contrib-python-headless"}) == 1
+    assert (
+        len(
+            names
+            & {"opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"}
+        )
+        == 1
+    )
 
 
 def test_readme_documents_exactly_the_flags_main_has():

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
 from torch import nn
 
 import main
 import runtime
 from autoencoder import StreamingAutoEncoder, create_streaming_ae
-from helpers import checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
 from model import ModelConfig
 from stream import Schedule
 
@@ -113,8 +113,9 @@ def _bad_checkpoint(kind: str, path: Path, marker: Path) -> None:
             pickle.dump({"model": _RunsCode(str(marker))}, file)
 
 
-@pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "older format",
-                                  "code"])
+@pytest.mark.parametrize(
+    "kind", ["random bytes", "empty", "truncated", "foreign", "incompatible", "older format", "code"]
+)
 def test_a_bad_checkpoint_is_refused_in_one_line_and_left_untouched(tmp_path, kind):
     path, marker = tmp_path / "quick_demo_model.pth", tmp_path / "code_ran"
     _bad_checkpoint(kind, path, marker)
@@ -228,10 +229,27 @@ def test_a_write_past_a_file_size_limit_ends_in_one_line_and_keeps_the_checkpoin
     checkpoint = tmp_path / "quick_demo_model.pth"
     before = checkpoint.read_bytes()
     assert len(before) > 700_000
-    limited = subprocess.run([sys.executable, MAIN, *HEADLESS, "--steps", "400", "--save-every", "50",
-                              "--eval-every", "0", "--image-every", "10"],
-                             cwd=tmp_path, env=main_env(), capture_output=True, text=True, timeout=600,
-                             preexec_fn=_limited(limit))
+    limited = subprocess.run(
+        [
+            sys.executable,
+            MAIN,
+            *HEADLESS,
+            "--steps",
+            "400",
+            "--save-every",
+            "50",
+            "--eval-every",
+            "0",
+            "--image-every",
+            "10",
+        ],
+        cwd=tmp_path,
+        env=main_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_limited(limit),
+    )
     assert limited.returncode == 1, limited.stderr
     last = limited.stderr.strip().splitlines()[-1]
     named = "quick_demo_model.pth" if what == "checkpoint" else "events.out.tfevents"

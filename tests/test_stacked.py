@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import ale_frames
 
 from autoencoder import StreamingAutoEncoder
-from conftest import ale_frames
 from model import ModelConfig
 from optim import OPTIMIZERS
 from utils import preprocess_frame
@@ -67,8 +67,9 @@ def test_every_optional_layer_stacks(game_frames):
     sign its tiny gradient rounds to)."""
     torch.set_default_dtype(torch.float64)
     try:
-        config = ModelConfig(latent_bits=0, use_transformer=True, use_residual=True, branch_heads=True,
-                             encoder_layer_norm=True)
+        config = ModelConfig(
+            latent_bits=0, use_transformer=True, use_residual=True, branch_heads=True, encoder_layer_norm=True
+        )
         singles, stacked = singles_and_stack(config, "obgd-adaptive", count=2)
         for step in range(2):
             frames = inputs(game_frames, step, torch.float64)[:2]
@@ -153,12 +154,15 @@ def test_a_nan_frame_skips_only_its_own_stream(game_frames, optimizer):
         assert relative(stacked.flat_params[k], model.flat_params) < 1e-4  # three updates: Adam's 1/sqrt(v) amplifies
 
 
-@pytest.mark.parametrize("second, message", [
-    (dict(config=ModelConfig(latent_channels=4)), "config differs"),
-    (dict(optimizer="adam"), "optimizer differs"),
-    (dict(lr=0.5), "lr differs"),
-    (dict(change_weight=2.0), "change_weight differs"),
-])
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (dict(config=ModelConfig(latent_channels=4)), "config differs"),
+        (dict(optimizer="adam"), "optimizer differs"),
+        (dict(lr=0.5), "lr differs"),
+        (dict(change_weight=2.0), "change_weight differs"),
+    ],
+)
 def test_learners_that_differ_are_refused(second, message):
     first = StreamingAutoEncoder()
     other = StreamingAutoEncoder(**{"config": ModelConfig(), **second})

@@ -2,12 +2,10 @@
 
 import numpy as np
 import pytest
-
 from helpers import start_main, wait_for
 from xwindow import Xvfb, missing_tools
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}")]
 
 
 @pytest.fixture
@@ -21,9 +19,26 @@ PANELS, STATUS, STRIP = 448, 36, 120  # heights in the window, at scale 2
 
 
 def test_window_shows_three_panels_and_q_quits_cleanly(tmp_path, xserver):
-    process = start_main(["--window", "on", "--game", "Breakout,Pong", "--switch-every", "50", "--seed", "4",
-                          "--steps", "0", "--eval-every", "3", "--probe-frames", "4"], tmp_path,
-                         DISPLAY=xserver.display)
+    process = start_main(
+        [
+            "--window",
+            "on",
+            "--game",
+            "Breakout,Pong",
+            "--switch-every",
+            "50",
+            "--seed",
+            "4",
+            "--steps",
+            "0",
+            "--eval-every",
+            "3",
+            "--probe-frames",
+            "4",
+        ],
+        tmp_path,
+        DISPLAY=xserver.display,
+    )
     try:
         window = None
 
@@ -32,13 +47,16 @@ def test_window_shows_three_panels_and_q_quits_cleanly(tmp_path, xserver):
             window = xserver.find_window("Streaming autoencoder")
             return window is not None and process.poll() is None
 
-        assert wait_for(window_is_up, 120), (process.stderr.read() if process.poll() is not None else "no window",
-                                             f"Xvfb running: {xserver.process.poll() is None}")
+        assert wait_for(window_is_up, 120), (
+            process.stderr.read() if process.poll() is not None else "no window",
+            f"Xvfb running: {xserver.process.poll() is None}",
+        )
 
         def drawn():
             image = xserver.screenshot(window)
             return image.shape[1] >= 3 * 448 and all(
-                panel.std() > 1 for panel in np.array_split(image[:448, : 3 * 448], 3, axis=1))
+                panel.std() > 1 for panel in np.array_split(image[:448, : 3 * 448], 3, axis=1)
+            )
 
         assert wait_for(drawn, 60, interval=0.5)
         image = xserver.screenshot(window)
@@ -68,8 +86,11 @@ def test_redraws_are_capped_while_every_frame_is_learned(tmp_path, xserver):
     import re
     import time
 
-    process = start_main(["--window", "on", "--game", "Breakout", "--seed", "4", "--display-fps", "1",
-                          "--eval-every", "0"], tmp_path, DISPLAY=xserver.display)
+    process = start_main(
+        ["--window", "on", "--game", "Breakout", "--seed", "4", "--display-fps", "1", "--eval-every", "0"],
+        tmp_path,
+        DISPLAY=xserver.display,
+    )
     try:
         assert wait_for(lambda: xserver.find_window("Streaming autoencoder") is not None, 120)
         opened = time.monotonic()
@@ -96,11 +117,17 @@ def test_bench_speed_window_times_the_loop_with_the_real_window(xserver):
     from conftest import ROOT
     from helpers import main_env
 
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "speed", "--updates", "5", "--window", "--json"],
-                            cwd=ROOT, env=main_env(DISPLAY=xserver.display), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench.py"), "speed", "--updates", "5", "--window", "--json"],
+        cwd=ROOT,
+        env=main_env(DISPLAY=xserver.display),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["window_redraws"] >= 1 and report["window_loop_fps"] > 0
-    assert report["window_ratio"] == pytest.approx(report["window_loop_fps"] / report["window_headless_loop_fps"],
-                                                   rel=0.01)
+    assert report["window_ratio"] == pytest.approx(
+        report["window_loop_fps"] / report["window_headless_loop_fps"], rel=0.01
+    )

@@ -23,8 +23,11 @@ class Xvfb:
             if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
                 self.display = f":{number}"
                 break
-        self.process = subprocess.Popen(["Xvfb", self.display, "-screen", "0", size, "-nolisten", "tcp"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            ["Xvfb", self.display, "-screen", "0", size, "-nolisten", "tcp"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while not self.answers():  # a client connects, not just the socket file exists
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -32,12 +35,15 @@ class Xvfb:
             time.sleep(0.1)
 
     def answers(self) -> bool:
-        return (Path(f"/tmp/.X11-unix/X{self.display[1:]}").exists()
-                and self.run("xdotool", "getdisplaygeometry").returncode == 0)
+        return (
+            Path(f"/tmp/.X11-unix/X{self.display[1:]}").exists()
+            and self.run("xdotool", "getdisplaygeometry").returncode == 0
+        )
 
     def run(self, *command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(command, env={"DISPLAY": self.display, "PATH": "/usr/bin:/bin"},
-                              capture_output=True, timeout=30)
+        return subprocess.run(
+            command, env={"DISPLAY": self.display, "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=30
+        )
 
     def find_window(self, title: str) -> str | None:
         found = self.run("xdotool", "search", "--name", title).stdout.split()
@@ -60,6 +66,6 @@ def parse_xwd(data: bytes) -> np.ndarray:
     if bits_per_pixel != 32:
         raise ValueError(f"expected a 32-bit xwd image, got {bits_per_pixel}")
     start = header_size + 12 * ncolors
-    rows = np.frombuffer(data[start:start + height * bytes_per_line], dtype=np.uint8).reshape(height, bytes_per_line)
+    rows = np.frombuffer(data[start : start + height * bytes_per_line], dtype=np.uint8).reshape(height, bytes_per_line)
     pixels = rows[:, : width * 4].reshape(height, width, 4)
     return pixels[..., [2, 1, 0]] if byte_order == 0 else pixels[..., [1, 2, 3]]
