@@ -353,10 +353,10 @@ def run_locked(config: Config, given: set[str]) -> int:
             f"checkpoint {config.checkpoint} is already at step {start_step} >= --steps {config.steps}; nothing to do"
         )
         return 0
+    device = resolve_device(config.device)
+    model = build_model(config, checkpoint, device)  # a checkpoint that does not fit ends here, exit 2
     stop = StopFlag()  # from here on, Ctrl+C and SIGTERM end the run with a save
     report_failed_writes()
-    device = resolve_device(config.device)
-    model = build_model(config, checkpoint, device)
     window = config.window == "on" or (config.window == "auto" and display_usable())
 
     games = ", ".join(f"{g} ({env_id(g)})" for g in schedule.games)

@@ -25,6 +25,32 @@ def run_main(args: list[str], cwd: Path, timeout: float = 240, **env) -> subproc
     )
 
 
+def call_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """main.py's command line run in this process, for input it refuses before a run starts:
+    its exit status and what it printed, as `run_main` reports them, without a second
+    interpreter's start-up."""
+    import contextlib
+    import io
+
+    import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous, argv = os.getcwd(), sys.argv
+    os.chdir(cwd)
+    sys.argv = [MAIN, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main.main()
+                status = 0
+            except SystemExit as exit:
+                status = exit.code
+    finally:
+        os.chdir(previous)
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
+
+
 def start_main(args: list[str], cwd: Path, **env) -> subprocess.Popen:
     """A run in its own process group, so signals go to the group as a terminal sends them."""
     return subprocess.Popen(

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 import torch
-from helpers import read_scalars, run_main, signal_group, start_main, wait_for
+from helpers import call_main, read_scalars, run_main, signal_group, start_main, wait_for
 
 import main
 
@@ -69,7 +69,7 @@ def test_resume_continues_the_step_axis_once_per_step(resumed_run):
 def test_a_finished_run_validates_and_exits_without_training(resumed_run):
     folder, _, _ = resumed_run
     before = (folder / "quick_demo_model.pth").read_bytes()
-    done = run_main(["--steps", "80", "--window", "off"], folder)
+    done = call_main(["--steps", "80", "--window", "off"], folder)
     assert done.returncode == 0 and "already at step 80" in done.stdout
     assert (folder / "quick_demo_model.pth").read_bytes() == before
 
@@ -90,7 +90,7 @@ def test_the_seed_picks_the_game(tmp_path, monkeypatch):
 def test_any_installed_game_is_accepted_and_an_unknown_one_lists_names(tmp_path):
     config, _, schedule, _ = main.prepare(["--game", "MsPacman", "--checkpoint", str(tmp_path / "c.pth")])
     assert schedule.games == ("MsPacman",)
-    bad = run_main(["--game", "Brekout", "--window", "off"], tmp_path)
+    bad = call_main(["--game", "Brekout", "--window", "off"], tmp_path)
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "Brekout" in lines[0] and "Breakout" in lines[0] and "SpaceInvaders" in lines[0]

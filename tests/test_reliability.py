@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
+from helpers import call_main, checkpoint_step, read_scalars, run_main, signal_group, start_main, wait_for
 from torch import nn
 
 import main
@@ -120,7 +120,7 @@ def test_a_bad_checkpoint_is_refused_in_one_line_and_left_untouched(tmp_path, ki
     path, marker = tmp_path / "quick_demo_model.pth", tmp_path / "code_ran"
     _bad_checkpoint(kind, path, marker)
     before = path.read_bytes()
-    result = run_main([*HEADLESS, "--steps", "5"], tmp_path)
+    result = call_main([*HEADLESS, "--steps", "5"], tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -149,7 +149,7 @@ def test_bad_flags_exit_2_before_anything_is_touched(tmp_path, name, flags, name
     (tmp_path / "afile").write_text("a regular file")
     _valid_checkpoint(tmp_path / "quick_demo_model.pth")
     before = (tmp_path / "quick_demo_model.pth").read_bytes()
-    result = run_main(["--window", "off", *flags], tmp_path)
+    result = call_main(["--window", "off", *flags], tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], result.stderr
@@ -160,7 +160,7 @@ def test_bad_flags_exit_2_before_anything_is_touched(tmp_path, name, flags, name
 def test_latent_bits_against_the_checkpoints_exit_2_and_leave_it_untouched(tmp_path):
     _valid_checkpoint(tmp_path / "quick_demo_model.pth")
     before = (tmp_path / "quick_demo_model.pth").read_bytes()
-    result = run_main(["--window", "off", "--latent-bits", "4"], tmp_path)
+    result = call_main(["--window", "off", "--latent-bits", "4"], tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--latent-bits 4 contradicts the checkpoint's 8" in lines[0], result.stderr
