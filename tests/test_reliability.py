@@ -19,7 +19,7 @@ from stream import Schedule
 
 pytestmark = pytest.mark.slow  # end-to-end: real main.py / bench.py processes
 
-HEADLESS = ["--window", "off", "--game", "Breakout", "--seed", "5"]
+HEADLESS = ["--window", "off", "--game", "Breakout", "--seed", "5", "--eval-every", "0"]  # no probe scoring
 
 
 def _started(process) -> bool:
@@ -185,14 +185,14 @@ def test_a_second_run_on_a_locked_checkpoint_exits_2_and_a_killed_holder_never_b
     holder = start_main([*HEADLESS, "--save-every", "100000", "--log-dir", "runs/r"], tmp_path)
     try:
         assert _started(holder)
-        second = run_main([*HEADLESS, "--steps", "3"], tmp_path)
+        second = call_main([*HEADLESS, "--steps", "3"], tmp_path)
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"pid {holder.pid}" in lines[0] and "in use" in lines[0], second.stderr
         assert holder.poll() is None  # the first run is unharmed and goes on
         checkpoint = tmp_path / "quick_demo_model.pth"
         checkpoint.write_bytes(b"not a checkpoint")  # the lock is taken before the load: the file is not read
-        blocked = run_main([*HEADLESS, "--steps", "3"], tmp_path)
+        blocked = call_main([*HEADLESS, "--steps", "3"], tmp_path)
         assert blocked.returncode == 2 and "in use" in blocked.stderr and "corrupt" not in blocked.stderr
         signal_group(holder, signal.SIGINT)
         assert holder.wait(timeout=120) == 0
@@ -224,7 +224,7 @@ def test_a_write_past_a_file_size_limit_ends_in_one_line_and_keeps_the_checkpoin
 
     from helpers import MAIN, main_env
 
-    first = run_main([*HEADLESS, "--steps", "30", "--eval-every", "0", "--log-dir", "runs/r"], tmp_path)
+    first = run_main([*HEADLESS, "--steps", "30", "--log-dir", "runs/r"], tmp_path)
     assert first.returncode == 0, first.stderr
     checkpoint = tmp_path / "quick_demo_model.pth"
     before = checkpoint.read_bytes()
@@ -238,8 +238,6 @@ def test_a_write_past_a_file_size_limit_ends_in_one_line_and_keeps_the_checkpoin
             "400",
             "--save-every",
             "50",
-            "--eval-every",
-            "0",
             "--image-every",
             "10",
         ],
@@ -259,7 +257,7 @@ def test_a_write_past_a_file_size_limit_ends_in_one_line_and_keeps_the_checkpoin
 
 
 def test_a_checkpoint_in_a_new_folder_is_created_with_its_lock(tmp_path):
-    result = run_main([*HEADLESS, "--steps", "2", "--eval-every", "0", "--checkpoint", "new/sub/c.pth"], tmp_path)
+    result = run_main([*HEADLESS, "--steps", "2", "--checkpoint", "new/sub/c.pth"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert checkpoint_step(tmp_path / "new" / "sub" / "c.pth") == 2
     assert (tmp_path / "new" / "sub" / "c.pth.lock").exists()
