@@ -138,17 +138,7 @@ class StreamingAutoEncoder(nn.Module):
         first = models[0]
         if len(models) == 1:
             return first
-        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten
-            learner = cls(
-                first.config,
-                optimizer=first.optimizer_name,
-                lr=first.lr,
-                change_weight=first.change_weight,
-                device=first.device,
-                method=first.method_name,
-                method_options=first.method.options,
-                streams=len(models),
-            )
+        learner = first._sibling(streams=len(models))
         with torch.no_grad():
             learner.flat_params.copy_(torch.stack([m.flat_params.detach() for m in models]))
         for k, model in enumerate(models):
@@ -167,8 +157,9 @@ class StreamingAutoEncoder(nn.Module):
         learner._cut = [m._cut[0] or f for m, f in zip(models, fresh)]  # no previous frame: no change
         return learner
 
-    def _single(self) -> "StreamingAutoEncoder":
-        """A fresh single learner of this configuration, built without touching the global RNG."""
+    def _sibling(self, streams: int = 1) -> "StreamingAutoEncoder":
+        """A fresh learner of this configuration, optimizer and method with `streams` streams,
+        built without touching the global RNG (its weights are to be overwritten)."""
         with torch.random.fork_rng(devices=[]):
             return type(self)(
                 self.config,
@@ -178,6 +169,7 @@ class StreamingAutoEncoder(nn.Module):
                 device=self.device,
                 method=self.method_name,
                 method_options=self.method.options,
+                streams=streams,
             )
 
     def unstack(self) -> list["StreamingAutoEncoder"]:
@@ -187,7 +179,7 @@ class StreamingAutoEncoder(nn.Module):
             return [self]
         models = []
         for k in range(self.streams):
-            model = self._single()
+            model = self._sibling()
             with torch.no_grad():
                 model.flat_params.copy_(self.flat_params[k])
             model.optimizer.load_state_dict(self.optimizer.stream_state_dict(k))
@@ -206,7 +198,7 @@ class StreamingAutoEncoder(nn.Module):
         if self.streams == 1:
             return self
         if k not in self._views:
-            view = self._single()
+            view = self._sibling()
             for p, (shape, stride, offset) in zip(view.parameters(), self.layout):
                 p.data = torch.as_strided(
                     self.flat_params.detach(), shape, stride, k * self.flat_params.shape[1] + offset

@@ -59,13 +59,17 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(METHODS),
         help="methods against forgetting and loss of plasticity (methods/), one row each",
     )
+    add_method_option_argument(parser)
+
+
+def add_method_option_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method-option",
         nargs="*",
         default=[],
         action="extend",
         metavar="KEY=VALUE",
-        help="a method hyper-parameter, given to every listed method that has it",
+        help="a method hyper-parameter, given to every method named that has it",
     )
 
 

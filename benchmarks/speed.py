@@ -11,7 +11,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoencoder import StreamingAutoEncoder
-from benchmarks.common import add_set_argument, log, method_options, parse_overrides, positive_int
+from benchmarks.common import (
+    add_method_option_argument,
+    add_set_argument,
+    log,
+    method_options,
+    parse_overrides,
+    positive_int,
+)
 from continual import EVAL_EVERY, PROBE_FRAMES, scoring
 from methods import METHODS
 from model import ModelConfig
@@ -52,14 +59,7 @@ def add_arguments(parser) -> None:
         default="none",
         help="time this method's update against the plain one in alternating windows",
     )
-    parser.add_argument(
-        "--method-option",
-        nargs="*",
-        default=[],
-        action="extend",
-        metavar="KEY=VALUE",
-        help="a hyper-parameter of --method",
-    )
+    add_method_option_argument(parser)
     parser.add_argument(
         "--pairs", type=positive_int, default=3, help="alternating windows per learner with --streams or --method"
     )
