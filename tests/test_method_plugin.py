@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from helpers import main_env, read_scalars, run_main
+from helpers import call_main, main_env, read_scalars, run_main
 
 PLUGIN = '''
 from dataclasses import dataclass
@@ -84,7 +84,7 @@ def test_main_runs_and_resumes_it_with_its_state(plugin, tmp_path):
     assert torch.load(tmp_path / "ck.pth", weights_only=True)["method_state"]["count"].tolist() == [12.0]
     counts = {e.step: e.value for e in read_scalars(tmp_path / "runs" / "plugin").Scalars("method/count")}
     assert counts == {step: 2.0 * step for step in range(1, 7)}
-    other = run_main([*flags, "--steps", "8", "--method", "none"], tmp_path)
+    other = call_main([*flags, "--steps", "8", "--method", "none"], tmp_path)
     assert other.returncode == 2 and "contradicts the checkpoint's step-count" in other.stderr
 
 
