@@ -1,23 +1,28 @@
 """The frame loop's observers, one per concern (hooks in `loop.Observer`).
 
 The live viewer runs, in this order: OnlineFloorScore, TensorBoardLog, ProbeScoring,
-CheckpointSaver, LiveView. A benchmark picks what it needs, StageTimes and MemorySamples
-among them. Unless they say otherwise, they observe a single learner.
+CheckpointSaver, LiveView. A benchmark picks what it needs: StageTimes, MemorySamples,
+ProgressBar, PrequentialRecord and HeldOutFrames among them. Unless they say otherwise,
+they observe a single learner.
 """
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from continual import scoring
+from continual import probe_psnrs, scoring
 from loop import FrameLoop, Observer
 from metrics import OnlineFloor, floor_psnr
-from monitoring import TensorBoardLogger
+from monitoring import HISTOGRAM_EVERY, IMAGE_EVERY, SCALAR_EVERY, TensorBoardLogger
 from runtime import WriteFailure, save_checkpoint
 from stream import Schedule
+from utils import FRAME_SIZE
 from viewer import Progress, Viewer
 
 
@@ -33,8 +38,9 @@ class OnlineFloorScore(Observer):
 
 
 class TensorBoardLog(Observer):
-    """Every update's scalars, images and histograms (monitoring.TensorBoardLogger), every
-    reported score, and switches of game as events. A resumed run (`resumed_at`, its start
+    """Every update's scalars, images and histograms (monitoring.TensorBoardLogger, by
+    default at its default cadence), every reported score, and switches of game as
+    events. A resumed run (`resumed_at`, its start
     step) purges the steps after it that a crashed run left. `settings` go in as the config
     table, `events` as (text, step) events. A failed write is a WriteFailure naming the
     event file."""
@@ -42,9 +48,9 @@ class TensorBoardLog(Observer):
     def __init__(
         self,
         log_dir: Path,
-        scalar_every: int,
-        image_every: int,
-        histogram_every: int,
+        scalar_every: int = SCALAR_EVERY,
+        image_every: int = IMAGE_EVERY,
+        histogram_every: int = HISTOGRAM_EVERY,
         resumed_at: int | None = None,
         settings: dict | None = None,
         events=(),
@@ -98,11 +104,14 @@ class TensorBoardLog(Observer):
 
 class ProbeScoring(Observer):
     """Scores every probe set and the plasticity metrics (continual.scoring) without an
-    update: at the start, every `every` steps, at step `last_step`, and at the end, and
-    reports them. At the start it also reports each set's mean-frame floor (`floors`) and
-    logs the start's scores unless `log_start` is False (a resume: the run before logged them).
-    `stream` picks one stream of a K-stream learner; `latest` holds the last scoring's scores
-    (made at `scored_step`), for a caller that scores several streams."""
+    update: at the start, every `every` steps (0: never), at step `last_step`, at each
+    segment end of the schedule when `segment_ends`, and at the end, and reports them. At
+    the start it also reports each set's mean-frame floor (`floors`) and logs the start's
+    scores unless `log_start` is False (a resume: the run before logged them). Without
+    `plasticity` it scores the probe sets only. `stream` picks one stream of a K-stream
+    learner; `latest` holds the last scoring's scores (made at `scored_step`), and with
+    `keep` `history` holds every scoring as (step, scores), for a caller that scores
+    several streams."""
 
     def __init__(
         self,
@@ -113,11 +122,16 @@ class ProbeScoring(Observer):
         floors: bool = True,
         log_start: bool = True,
         stream: int | None = None,
+        plasticity: bool = True,
+        segment_ends: bool = False,
+        keep: bool = False,
     ):
         self.probe_sets, self.schedule, self.every, self.last_step = probe_sets, schedule, every, last_step
         self.floors, self.log_start, self.stream = floors, log_start, stream
+        self.plasticity, self.segment_ends = plasticity, segment_ends
         self.latest: dict[str, float] = {}
         self.scored_step = None
+        self.history: list[tuple[int, dict[str, float]]] | None = [] if keep else None
 
     def on_start(self, loop: FrameLoop) -> None:
         if self.floors:
@@ -125,7 +139,11 @@ class ProbeScoring(Observer):
         self.score(loop, log=self.log_start)
 
     def on_step(self, loop: FrameLoop, step: int, results: dict) -> None:
-        if step % self.every == 0 or step == self.last_step:
+        if (
+            (self.every and step % self.every == 0)
+            or step == self.last_step
+            or (self.segment_ends and step % self.schedule.switch_every == 0)
+        ):
             self.score(loop)
 
     def on_end(self, loop: FrameLoop) -> None:
@@ -134,12 +152,18 @@ class ProbeScoring(Observer):
 
     def score(self, loop: FrameLoop, log: bool = True) -> None:
         k = self.stream or 0
-        game = loop.sources[k].game or self.schedule.game_at(loop.step + 1)
         model, results = loop.learner, loop.results
         if self.stream is not None:
             model = loop.learner.view(k)
             results = None if results is None else loop.learner.stream_results(results, k)
-        self.latest, self.scored_step = scoring(model, self.probe_sets, game, results), loop.step
+        if self.plasticity:
+            game = loop.sources[k].game or self.schedule.game_at(loop.step + 1)
+            self.latest = scoring(model, self.probe_sets, game, results)
+        else:
+            self.latest = {f"probe/psnr/{g}": value for g, value in probe_psnrs(model, self.probe_sets).items()}
+        self.scored_step = loop.step
+        if self.history is not None:
+            self.history.append((loop.step, self.latest))
         loop.report(self.latest, log=log)
 
 
@@ -269,3 +293,62 @@ class MemorySamples(Observer):
     def on_step(self, loop: FrameLoop, step: int, results: dict) -> None:
         if step % self.every == 0 or step == self.warmup:
             self.samples.append((step, round(resident_mb(), 1)))
+
+
+class ProgressBar(Observer):
+    """A tqdm bar on stderr towards `total` steps, one tick a step, redrawn at most every
+    `mininterval` seconds on line `position`; every `every` steps `postfix(step)` (when
+    given) sets the text after it, as keyword arguments of tqdm's set_postfix."""
+
+    def __init__(self, total: int, desc: str, mininterval: float, position: int = 0, postfix=None, every: int = 0):
+        self.total, self.desc, self.mininterval, self.position = total, desc, mininterval, position
+        self.postfix, self.every = postfix, every
+        self.bar = None
+
+    def on_start(self, loop: FrameLoop) -> None:
+        self.bar = tqdm(
+            total=self.total, desc=self.desc, file=sys.stderr, mininterval=self.mininterval, position=self.position
+        )
+
+    def on_step(self, loop: FrameLoop, step: int, results: dict) -> None:
+        self.bar.update()
+        if self.postfix is not None and self.every and step % self.every == 0:
+            self.bar.set_postfix(**self.postfix(step))
+
+    def on_end(self, loop: FrameLoop) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    on_abort = on_end
+
+
+class PrequentialRecord(Observer):
+    """Each stream's prequential MSE at steps 1..`steps` of a K-stream learner (K = 1: a
+    lone learner given a list of one frame), in `mses` ((K, steps) float64, filled in
+    place: 0-d tensors in a list fragment the heap), and the frames of the last `tail`
+    of those steps as the learner saw them, in `tail_frames` ((K, tail, 224, 224, 3) uint8)."""
+
+    def __init__(self, streams: int, steps: int, tail: int):
+        self.tail_start = steps - tail
+        self.mses = torch.empty(streams, steps, dtype=torch.float64)
+        self.tail_frames = np.empty((streams, tail, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
+
+    def on_step(self, loop: FrameLoop, step: int, results: dict) -> None:
+        self.mses[:, step - 1] = results["mse"]
+        if step > self.tail_start:
+            pixels = (results["input"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+            self.tail_frames[:, step - 1 - self.tail_start] = pixels.numpy()
+
+
+class HeldOutFrames(Observer):
+    """At the end, before the sources close: the `count` frames each source would give
+    next, never learned, in `frames` (one list per stream, each frame passed through
+    `transform`). For a source of one game, the frames that follow the last one learned."""
+
+    def __init__(self, count: int, transform=lambda frame: frame):
+        self.count, self.transform = count, transform
+        self.frames: list[list] = []
+
+    def on_end(self, loop: FrameLoop) -> None:
+        steps = range(loop.step + 1, loop.step + self.count + 1)
+        self.frames = [[self.transform(source.frame_for(step)[0]) for step in steps] for source in loop.sources]

@@ -15,6 +15,7 @@ import torch
 from autoencoder import StreamingAutoEncoder
 from methods import METHODS, parse_options
 from model import ModelConfig
+from stream import FrameStream, Schedule
 
 
 class UsageError(ValueError):
@@ -152,6 +153,11 @@ def build_learner(tasks: list[Task]) -> StreamingAutoEncoder:
             )
         )
     return StreamingAutoEncoder.stack(models)
+
+
+def one_game(game: str, seed: int) -> FrameStream:
+    """A frame source of one game for ever, its env seeded from (seed, step 0) as every benchmark's."""
+    return FrameStream(Schedule((game,), switch_every=1), seed)
 
 
 def packs(tasks: list[Task], streams: int) -> list[list[Task]]:

@@ -15,15 +15,18 @@ from metrics import OnlineFloor
 from model import ModelConfig
 from observers import (
     CheckpointSaver,
+    HeldOutFrames,
     LiveView,
     MemorySamples,
     OnlineFloorScore,
+    PrequentialRecord,
     ProbeScoring,
+    ProgressBar,
     StageTimes,
     TensorBoardLog,
 )
 from runtime import UsageError, lock_checkpoint
-from stream import FrameStream, Schedule, probe_frames
+from stream import FrameStream, Schedule, collect_frames, probe_frames
 
 SMALL = ModelConfig(encoder_widths=(4, 4), decoder_width=8, upsampled_width=4)
 SPEC_SCALARS = {
@@ -160,6 +163,37 @@ def test_a_resumed_probe_scoring_shows_its_first_scores_without_logging_them(tmp
     assert [(step, logged) for step, (_, logged) in recorder.hooks("scores")] == [(6, False), (8, True)]
     assert [e.step for e in read_scalars(tmp_path).Scalars("probe/psnr/Breakout")] == [8]
     assert set(view.probe) == {"Breakout"}
+
+
+def test_probe_scoring_of_the_probe_sets_alone_at_segment_ends_keeps_its_history():
+    probes = {g: probe_frames(g, 1, 2) for g in ("Breakout", "Pong")}
+    schedule = Schedule(("Breakout", "Pong"), 3)
+    scoring = ProbeScoring(probes, schedule, every=0, floors=False, plasticity=False, segment_ends=True, keep=True)
+    loop = FrameLoop(small_learner(), FrameStream(schedule, 1), [scoring])
+    loop.run(7)
+    assert [step for step, _ in scoring.history] == [0, 3, 6, 7]  # the start, each segment end, the end
+    assert all(set(scores) == {"probe/psnr/Breakout", "probe/psnr/Pong"} for _, scores in scoring.history)
+    assert scoring.history[-1][1]["probe/psnr/Pong"] == pytest.approx(
+        10 * math.log10(1 / loop.learner.evaluate(probes["Pong"]).mean().item())
+    )
+
+
+def test_a_benchmark_records_each_streams_mse_its_last_frames_and_the_held_out_frames_after_them(capsys):
+    learner = StreamingAutoEncoder.stack([small_learner(0), small_learner(1)])
+    record, heldout = PrequentialRecord(2, 4, tail=2), HeldOutFrames(3, lambda frame: frame[:2])
+    bar = ProgressBar(4, "packed", mininterval=0, postfix=lambda step: {"at": f"{step}"}, every=2)
+    sources = [FrameStream(Schedule(("Breakout",), 1), 1), FrameStream(Schedule(("Pong",), 1), 2)]
+    loop = FrameLoop(learner, sources, [record, heldout, bar])
+    loop.run(4)
+    assert record.mses[:, 3].tolist() == pytest.approx(loop.results["mse"].tolist())
+    assert record.tail_start == 2 and record.tail_frames.shape == (2, 2, 224, 224, 3)
+    last = (loop.results["input"][1].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert (record.tail_frames[1, -1] == last).all()
+    following = collect_frames("Pong", 7, seed=2)[4:]  # the frames after the 4 learned ones
+    assert all((mine == theirs[:2]).all() for mine, theirs in zip(heldout.frames[1], following))
+    assert len(heldout.frames) == 2 and len(heldout.frames[0]) == 3 and loop.sources[1].env is None
+    progress = capsys.readouterr().err
+    assert "packed: 100%" in progress and "4/4" in progress and "at=4" in progress
 
 
 def test_the_checkpoint_observer_saves_every_n_steps_and_at_the_end(tmp_path, monkeypatch):
