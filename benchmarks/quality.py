@@ -1,14 +1,12 @@
 """`bench.py quality`: prequential PSNR against the mean-frame floor, then the model frozen
 as a codec on held-out frames beside the registered baseline codecs."""
 
-import sys
 import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
 from baselines import CODECS, baseline_fields, bytes_at_psnr
@@ -20,12 +18,15 @@ from benchmarks.common import (
     build_learner,
     log,
     method_options,
+    one_game,
     parse_overrides,
     run_tasks,
 )
+from loop import FrameLoop
 from metrics import floor_psnr, psnr, psnr_value
+from observers import HeldOutFrames, PrequentialRecord, ProgressBar
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
-from stream import DEFAULT_GAMES, env_seed, make_env, next_frame
+from stream import DEFAULT_GAMES
 from utils import FRAME_SIZE
 
 NAME = "quality"
@@ -132,52 +133,36 @@ def run_pack(tasks: list[QualityTask]) -> list[dict]:
     prequentially, then each frozen and coded over its next `heldout` frames beside the
     baseline codecs; runs in its own process."""
     torch.set_num_threads(tasks[0].threads)
-    frames_total = tasks[0].frames
-    learner = build_learner(tasks)
-    envs, frames = zip(*(make_env(task.game, env_seed(task.seed, 0)) for task in tasks))
-    frames = list(frames)
-    tail_start = frames_total - max(1, frames_total // 10)
-    mses = torch.empty(
-        len(tasks), frames_total, dtype=torch.float64
-    )  # in place: 0-d tensors in a list fragment the heap
-    tail_frames = np.empty((len(tasks), frames_total - tail_start, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
+    frames = tasks[0].frames
+    record = PrequentialRecord(len(tasks), frames, tail=max(1, frames // 10))
+    heldout = HeldOutFrames(max(1, tasks[0].heldout), as_target)
     label = "+".join(dict.fromkeys(task.game for task in tasks))
-    bar = tqdm(
-        total=frames_total,
-        desc=f"{label}/{tasks[0].optimizer}",
-        file=sys.stderr,
+    bar = ProgressBar(
+        frames,
+        f"{label}/{tasks[0].optimizer}",
         mininterval=5,
         position=tasks[0].bar_line,
+        postfix=lambda step: {"psnr": f"{psnr_value(record.mses[:, step - 500 : step].mean().item()):.2f}"},
+        every=500,
     )
-    for i in range(frames_total):
-        results = learner.update_params(list(frames))
-        mses[:, i] = results["mse"]
-        if i >= tail_start:
-            pixels = (results["input"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
-            tail_frames[:, i - tail_start] = pixels.numpy()
-        frames = [next_frame(env) for env in envs]
-        bar.update()
-        if (i + 1) % 500 == 0:
-            bar.set_postfix(psnr=f"{psnr_value(mses[:, i - 499 : i + 1].mean().item()):.2f}")
-    bar.close()
+    learner = build_learner(tasks)
+    FrameLoop(learner, [one_game(task.game, task.seed) for task in tasks], [record, heldout, bar]).run(frames)
     return [
-        stream_row(task, model, env, frame, mses[k].tolist(), tail_frames[k], tail_start)
-        for k, (task, model, env, frame) in enumerate(zip(tasks, learner.unstack(), envs, frames))
+        stream_row(task, model, heldout.frames[k], record.mses[k].tolist(), record.tail_frames[k], record.tail_start)
+        for k, (task, model) in enumerate(zip(tasks, learner.unstack()))
     ]
 
 
 def stream_row(
     task: QualityTask,
     model: StreamingAutoEncoder,
-    env,
-    frame: np.ndarray,
+    heldout: list[np.ndarray],
     mses: list[float],
     tail_frames: np.ndarray,
     tail_start: int,
 ) -> dict:
     """A learned stream's row: its prequential PSNR and floor, then the frozen codec on the
-    `heldout` frames that follow `frame`, beside the baseline codecs."""
-    heldout = [as_target(frame)] + [as_target(next_frame(env)) for _ in range(task.heldout - 1)]
+    `heldout` frames that followed its last learned one, beside the baseline codecs."""
     codec = frozen_codec(model, heldout)
     budget = codec["latent_bytes"]
     return {
