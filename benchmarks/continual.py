@@ -1,12 +1,10 @@
 """`bench.py continual`: forgetting and plasticity over a schedule of games, one row per
 (optimizer, seed), with a plot of every game's probe PSNR over the whole stream."""
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
 from benchmarks.common import (
@@ -20,8 +18,10 @@ from benchmarks.common import (
     parse_overrides,
     run_tasks,
 )
-from continual import PROBE_FRAMES, forgetting_summary, plasticity_metrics, probe_psnrs
+from continual import PROBE_FRAMES, forgetting_summary, plasticity_metrics
+from loop import FrameLoop
 from metrics import floor_psnr
+from observers import ProbeScoring, ProgressBar
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from stream import DEFAULT_GAMES, FrameStream, Schedule, probe_frames
 
@@ -67,56 +67,39 @@ def run_pack(tasks: list[ContinualTask]) -> list[dict]:
     own process."""
     torch.set_num_threads(tasks[0].threads)
     first = tasks[0]
-    games, switch_every = first.games, first.switch_every
+    games, switch_every, eval_every = first.games, first.switch_every, first.eval_every
     schedule = Schedule(tuple(games), switch_every)
     total = switch_every * len(games) * first.cycles
     learner = build_learner(tasks)
-    views = [learner.view(k) for k in range(len(tasks))]
     probes = [{g: probe_frames(g, task.seed, task.probe_frames) for g in games} for task in tasks]
-
-    def probe_row(k: int) -> list[float]:
-        scores = probe_psnrs(views[k], probes[k])
-        return [round(scores[g], 3) for g in games]
-
-    initial = [probe_row(k) for k in range(len(tasks))]
-    matrices, curves = [[] for _ in tasks], [[(0, scores)] for scores in initial]
-    streams = [FrameStream(schedule, task.seed) for task in tasks]
-    seeds = ",".join(str(task.seed) for task in tasks)
-    bar = tqdm(
-        total=total, desc=f"{first.optimizer}/seed {seeds}", file=sys.stderr, mininterval=10, position=first.bar_line
-    )
-    for step in range(1, total + 1):
-        frames, switched = zip(*(stream.frame_for(step) for stream in streams))
-        if switched[0]:  # one schedule: every stream switches at the same step
-            learner.forget_previous_frame()
-        results = learner.update_params(list(frames))
-        scored = first.eval_every and step % first.eval_every == 0
-        if step % switch_every == 0 or scored:
-            for k in range(len(tasks)):
-                scores = probe_row(k)
-                if step % switch_every == 0:
-                    matrices[k].append(scores)
-                if scored:
-                    curves[k].append((step, scores))
-        bar.update()
-    bar.close()
-    for stream in streams:
-        stream.close()
-    segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrices[0]))]
-    return [
-        stream_row(
-            task,
-            model,
-            probes[k],
-            matrices[k],
-            initial[k],
-            curves[k],
-            segment_games,
-            learner.stream_results(results, k),
-            schedule.game_at(total),
+    scorings = [
+        ProbeScoring(
+            probes[k], schedule, eval_every, floors=False, stream=k, plasticity=False, segment_ends=True, keep=True
         )
-        for k, (task, model) in enumerate(zip(tasks, learner.unstack()))
+        for k in range(len(tasks))
     ]
+    seeds = ",".join(str(task.seed) for task in tasks)
+    bar = ProgressBar(total, f"{first.optimizer}/seed {seeds}", mininterval=10, position=first.bar_line)
+    loop = FrameLoop(learner, [FrameStream(schedule, task.seed) for task in tasks], [*scorings, bar])
+    loop.run(total)
+
+    def row(scores: dict[str, float]) -> list[float]:
+        return [round(scores[f"probe/psnr/{g}"], 3) for g in games]
+
+    rows = []
+    for k, (task, model) in enumerate(zip(tasks, learner.unstack())):
+        history = [(step, row(scores)) for step, scores in scorings[k].history]
+        initial = history[0][1]
+        matrix = [scores for step, scores in history if step and step % switch_every == 0]
+        curve = [(0, initial)] + [
+            (step, scores) for step, scores in history if step and eval_every and step % eval_every == 0
+        ]
+        segment_games = [games.index(schedule.game_at(i * switch_every + 1)) for i in range(len(matrix))]
+        results = learner.stream_results(loop.results, k)
+        rows.append(
+            stream_row(task, model, probes[k], matrix, initial, curve, segment_games, results, schedule.game_at(total))
+        )
+    return rows
 
 
 def stream_row(
