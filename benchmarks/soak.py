@@ -1,17 +1,15 @@
 """`bench.py soak`: resident memory at intervals over a long run, its growth after warm-up,
 and the TensorBoard log size per 100k frames."""
 
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from autoencoder import StreamingAutoEncoder
-from monitoring import TensorBoardLogger
-from stream import env_seed, make_env, next_frame
+from benchmarks.common import one_game
+from loop import FrameLoop
+from observers import MemorySamples, ProgressBar, TensorBoardLog
 
 NAME = "soak"
 HELP = "resident memory and TensorBoard disk use over a long run"
@@ -23,30 +21,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
 
 
-def resident_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def run(args) -> dict:
     """One long run of the default model with TensorBoard logging, its resident memory sampled about 40 times."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = StreamingAutoEncoder()
-    env, frame = make_env(args.game, env_seed(0, 0))
-    samples = []
-    every = max(1, args.frames // 40)
     warmup = max(1, args.frames // 10)
+    memory = MemorySamples(every=max(1, args.frames // 40), warmup=warmup)
     with tempfile.TemporaryDirectory() as folder:
-        logger = TensorBoardLogger(folder)
-        for i in tqdm(range(1, args.frames + 1), desc="soak", file=sys.stderr, mininterval=5):
-            results = model.update_params(frame)
-            logger.log_step(results, model)
-            frame = next_frame(env)
-            if i % every == 0 or i == warmup:
-                samples.append((i, round(resident_mb(), 1)))
-        logger.close(results, model)
+        observers = [TensorBoardLog(Path(folder)), memory, ProgressBar(args.frames, "soak", mininterval=5)]
+        FrameLoop(model, one_game(args.game, 0), observers).run(args.frames)
         log_bytes = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    samples = memory.samples
     after_warmup = [mb for i, mb in samples if i >= warmup]
     return {
         "frames": args.frames,
