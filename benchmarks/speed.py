@@ -5,6 +5,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,17 +17,19 @@ from benchmarks.common import (
     add_set_argument,
     log,
     method_options,
+    one_game,
     parse_overrides,
     positive_int,
 )
 from continual import EVAL_EVERY, PROBE_FRAMES, scoring
+from loop import FrameLoop
 from methods import METHODS
 from model import ModelConfig
-from monitoring import TensorBoardLogger
+from observers import LiveView, StageTimes, TensorBoardLog
 from optim import DEFAULT_OPTIMIZER, OPTIMIZERS
 from stream import DEFAULT_GAMES, collect_frames, env_seed, make_env, next_frame, probe_frames
 from utils import preprocess_frame
-from viewer import DISPLAY_FPS, Viewer, display_usable
+from viewer import DISPLAY_FPS, display_usable
 
 NAME = "speed"
 HELP = "updates/s, loop FPS, FLOPs and the roofline"
@@ -91,55 +94,50 @@ def matmul_gflops(device: torch.device) -> float:
     return 2 * 4096**3 * rate / 1e9
 
 
-def stage_times(model: StreamingAutoEncoder, env, frame, logger, device, count: int) -> dict:
-    """Median milliseconds of each stage of the live loop, synchronised between stages.
+STAGES = {  # stages_ms's name of each of StageTimes' stages
+    "env": "frames",
+    "preprocess": "preprocess",
+    "forward": "forward",
+    "backward": "backward",
+    "optimizer": "optimizer",
+    "logging": "observers",
+}
+
+
+def stage_times(model: StreamingAutoEncoder, folder: str, device: torch.device, count: int) -> dict:
+    """Median milliseconds of each stage of the live loop (a loop of its own, with
+    TensorBoard), synchronised between stages.
 
     update_params reports its own stages through `stage_marks`; they run eagerly
     (compiled network and loss included) even where update_params replays a CUDA graph:
     a graph cannot be timed by parts.
     """
-    samples = {name: [] for name in ("env", "preprocess", "forward", "backward", "optimizer", "logging")}
-    last = [time.perf_counter()]
-
-    def mark(name: str) -> None:
-        sync(device)
-        now = time.perf_counter()
-        samples[name].append((now - last[0]) * 1e3)
-        last[0] = now
-
-    for _ in range(count):
-        last[0] = time.perf_counter()
-        results = model.update_params(frame, stage_marks=mark)
-        logger.log_step(results, model)
-        mark("logging")
-        frame = next_frame(env)
-        mark("env")
-    return {name: round(statistics.median(values), 3) for name, values in samples.items()}
+    stages = StageTimes(sync=lambda: sync(device))
+    FrameLoop(model, one_game("Breakout", 0), [TensorBoardLog(Path(folder)), stages]).run(count)
+    return {name: round(statistics.median(stages.samples[stage]), 3) for name, stage in STAGES.items()}
 
 
-def window_rates(model, loop_step, state: dict, updates: int, device, pairs: int = 5) -> dict:
+def window_rates(loop: FrameLoop, updates: int, device: torch.device, pairs: int = 5) -> dict:
     """The loop with the real window on the current display (redrawn at most DISPLAY_FPS times a
     second) against the same loop headless, in alternating windows: (window_loop_fps, window_ratio)."""
     if not display_usable():
         raise SystemExit("bench.py speed --window: no usable display (set DISPLAY to a running X server)")
-    viewer = Viewer(("Breakout",), DISPLAY_FPS)
-
-    def window_step(i):
-        loop_step(i)
-        if viewer.due():
-            viewer.show(state["results"], model.performance.fps, "Breakout", "Breakout")
-
+    view = LiveView(loop.sources[0].schedule, window=True, display_fps=DISPLAY_FPS, steps=0)
+    headless_observers, window_observers = loop.observers, [*loop.observers, view]
     headless, windowed = [], []
     for _ in range(pairs):
-        headless.append(timed_rate(loop_step, updates, device, repeats=1))
-        windowed.append(timed_rate(window_step, updates, device, repeats=1))
-    viewer.close()
+        loop.observers = headless_observers
+        headless.append(timed_rate(lambda i: loop.advance(), updates, device, repeats=1))
+        loop.observers = window_observers
+        windowed.append(timed_rate(lambda i: loop.advance(), updates, device, repeats=1))
+    loop.observers = headless_observers
+    view.on_end(loop)
     window_fps, headless_fps = statistics.median(windowed), statistics.median(headless)
     return {
         "window_loop_fps": round(window_fps, 2),
         "window_headless_loop_fps": round(headless_fps, 2),
         "window_ratio": round(window_fps / headless_fps, 3),
-        "window_redraws": viewer.redraws,
+        "window_redraws": view.viewer.redraws,
     }
 
 
@@ -241,28 +239,24 @@ def run(args) -> dict:
         method = method_rates(args, config, device, model, frames)
 
     log("env")
-    env, frame = make_env("Breakout", env_seed(0, 0))
+    env, _ = make_env("Breakout", env_seed(0, 0))
     env_fps = timed_rate(lambda i: next_frame(env), 500, device)
+    env.close()
 
     log("loop (env + preprocess + update + TensorBoard at the default cadence)")
     with tempfile.TemporaryDirectory() as folder:
-        logger = TensorBoardLogger(folder)
-        state = {"frame": frame}
-
-        def loop_step(i):
-            state["results"] = model.update_params(state["frame"])
-            logger.log_step(state["results"], model)
-            state["frame"] = next_frame(env)
-
-        loop_fps_unscored = timed_rate(loop_step, args.updates, device)
-        window = window_rates(model, loop_step, state, args.updates, device) if args.window else {}
+        loop = FrameLoop(model, one_game("Breakout", 0), [TensorBoardLog(Path(folder))])
+        loop.start()
+        loop.advance()  # not timed: entering the game makes its env, and the first step logs images
+        loop_fps_unscored = timed_rate(lambda i: loop.advance(), args.updates, device)
+        window = window_rates(loop, args.updates, device) if args.window else {}
         log(f"probe scoring ({PROBE_FRAMES} frames and the plasticity metrics, every {EVAL_EVERY} steps in the loop)")
         probes = {"Breakout": probe_frames("Breakout", 0, PROBE_FRAMES)}
-        scoring_s = 1 / timed_rate(lambda i: scoring(model, probes, "Breakout", state["results"]), 1, device, repeats=3)
+        scoring_s = 1 / timed_rate(lambda i: scoring(model, probes, "Breakout", loop.results), 1, device, repeats=3)
         loop_fps = 1 / (1 / loop_fps_unscored + scoring_s / EVAL_EVERY)
+        loop.end()
         log("stages")
-        stages = stage_times(model, env, state["frame"], logger, device, 30)
-        logger.close()
+        stages = stage_times(model, folder, device, 30)
     log("matmul")
     peak = matmul_gflops(device)
     achieved = gflop * update_fps
