@@ -48,8 +48,16 @@ def main() -> None:
                 out.flush()
             ratios.append(figures["new"] / figures["old"])
             print(f"pair {pair}: old {figures['old']}  new {figures['new']}  new/old {ratios[-1]:.3f}", flush=True)
-    print(json.dumps({"field": args.field, "ratios": [round(r, 3) for r in ratios],
-                      "median": round(statistics.median(ratios), 3), "flags": args.flags}))
+    print(
+        json.dumps(
+            {
+                "field": args.field,
+                "ratios": [round(r, 3) for r in ratios],
+                "median": round(statistics.median(ratios), 3),
+                "flags": args.flags,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
