@@ -296,21 +296,21 @@ class MemorySamples(Observer):
 
 
 class ProgressBar(Observer):
-    """A tqdm bar on stderr towards `total` steps, one tick a step, redrawn at most every
-    `mininterval` seconds on line `position`; every `every` steps `postfix(step)` (when
-    given) sets the text after it, as keyword arguments of tqdm's set_postfix."""
+    """A tqdm bar on stderr towards `total` steps, from the first step on, one tick a step,
+    redrawn at most every `mininterval` seconds on line `position`; every `every` steps
+    `postfix(step)` (when given) sets the text after it, as keyword arguments of tqdm's
+    set_postfix."""
 
     def __init__(self, total: int, desc: str, mininterval: float, position: int = 0, postfix=None, every: int = 0):
         self.total, self.desc, self.mininterval, self.position = total, desc, mininterval, position
         self.postfix, self.every = postfix, every
         self.bar = None
 
-    def on_start(self, loop: FrameLoop) -> None:
-        self.bar = tqdm(
-            total=self.total, desc=self.desc, file=sys.stderr, mininterval=self.mininterval, position=self.position
-        )
-
     def on_step(self, loop: FrameLoop, step: int, results: dict) -> None:
+        if self.bar is None:  # drawn once the first step has made the envs: their banners would break its line
+            self.bar = tqdm(
+                total=self.total, desc=self.desc, file=sys.stderr, mininterval=self.mininterval, position=self.position
+            )
         self.bar.update()
         if self.postfix is not None and self.every and step % self.every == 0:
             self.bar.set_postfix(**self.postfix(step))
