@@ -109,24 +109,8 @@ def test_redraws_are_capped_while_every_frame_is_learned(tmp_path, xserver):
     assert steps >= 3 * redraws  # learning ran on every frame, drawn or not (a loaded machine still does 3 a second)
 
 
-def test_bench_speed_window_times_the_loop_with_the_real_window(xserver):
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-    from helpers import main_env
-
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench.py"), "speed", "--updates", "5", "--window", "--json"],
-        cwd=ROOT,
-        env=main_env(DISPLAY=xserver.display),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_bench_speed_window_times_the_loop_with_the_real_window(speed_report):
+    report = speed_report  # run with --window on a private Xvfb display
     assert report["window_redraws"] >= 1 and report["window_loop_fps"] > 0
     assert report["window_ratio"] == pytest.approx(
         report["window_loop_fps"] / report["window_headless_loop_fps"], rel=0.01
