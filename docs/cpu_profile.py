@@ -254,13 +254,14 @@ def windows_taking_turns(models: dict, frames: list, rounds: int, window: int = 
 class AutogradLoss(StreamingAutoEncoder):
     """The default model with its loss as plain formulas, differentiated by autograd."""
 
-    def _network_loss(self, x, pixel_weight):
+    def _network_loss(self, x, pixel_weight, hidden=None):
         reconstruction, latents = self(x)
         error = reconstruction - x
         weight = pixel_weight / pixel_weight.mean()
         loss = MSE_WEIGHT * (weight * error.square()).mean() + L1_WEIGHT * (weight * error.abs()).mean()
         loss = loss + SSIM_WEIGHT * (1 - ssim(luma(reconstruction), luma(x), stride=SSIM_STRIDE))
         return (
+            loss,
             {
                 "loss": loss,
                 "mse": error.detach().square().mean(),
