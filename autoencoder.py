@@ -338,11 +338,14 @@ class StreamingAutoEncoder(nn.Module):
 
     def forget_previous_frame(self, streams: list[int] | None = None) -> None:
         """A cut, not motion, in the given streams (default: all): their next change mask
-        is empty (a switch of games), and the method hears of it."""
+        is empty (a switch of games), and the method and optimizer hear of it."""
         streams = list(range(self.streams)) if streams is None else list(streams)
         for k in streams:
             self._cut[k] = True
         self.method.on_cut(streams)
+        on_cut = getattr(self.optimizer, "on_cut", None)  # optional in the optimizer protocol
+        if on_cut is not None:
+            on_cut(streams)
 
     def _apply_cuts(self, x: torch.Tensor) -> None:
         detector = self.change_detector

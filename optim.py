@@ -41,7 +41,8 @@ class StreamingOptimizer(Protocol):
     when the loss or gradient was not finite; the gradient is then already zero, and the
     update must leave the parameters as they are. It returns the effective step size as a
     device tensor (0-d, or one per stream). `state_dict` / `load_state_dict` carry the
-    state in checkpoints.
+    state in checkpoints. An optimizer may also define `on_cut(streams)`: the learner
+    calls it at a cut (a game switch) in those streams, before their next update.
     """
 
     def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor: ...
@@ -164,6 +165,9 @@ class RowOptimizer:
                 tensor[k].copy_(value if torch.is_tensor(value) else torch.tensor(float(value)))
         for name in self.group_tensors:
             self.hyper[name][k] = float(state_dict["param_groups"][0].get(name, 0))
+
+    def on_cut(self, streams: list[int]) -> None:
+        """A cut (a game switch) in these streams: most rules do not care."""
 
     @torch.no_grad()
     def clear(self, mask: torch.Tensor) -> None:
@@ -334,6 +338,128 @@ class StreamingAdam(RowOptimizer):
         return self.step(taken=finite)
 
 
+class AdamRel(StreamingAdam):
+    """Adam with relative timesteps (`adam-rel`): Ellis et al. (NeurIPS 2024), "Adam on Local
+    Time: Addressing Nonstationarity in RL with Relative Adam Timesteps" (arXiv 2412.17113),
+    Algorithm 1. Adam's rule, with the step count t of its bias corrections counted from the
+    last change of objective: at a cut (a game switch) t restarts at 0 in that stream, while
+    the moments m and v are kept. After a cut, with t counted afresh:
+
+    m <- beta1 m + (1 - beta1) g;   v <- beta2 v + (1 - beta2) g^2
+    theta <- theta - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    Without cuts it is `adam`. The restart is one in-place write per cut stream: no host sync.
+    """
+
+    @torch.no_grad()
+    def on_cut(self, streams: list[int]) -> None:
+        rows = list(streams)
+        for p in self.params:
+            self.rows(self.state[p]["step"])[rows] = 0.0
+
+
+class UPGD(RowOptimizer):
+    """Utility-based Perturbed Gradient Descent, the first-order global rule (`upgd`).
+
+    Elsayed and Mahmood (ICLR 2024), "Addressing Loss of Plasticity and Catastrophic
+    Forgetting in Continual Learning"; it follows `FirstOrderGlobalUPGD` in
+    mohmdelsayed/upgd, `core/optim/weight_upgd/first_order.py`, with that class's defaults.
+    Per weight, with the gradient g and a fresh standard normal xi each step:
+
+    u <- beta_utility u + (1 - beta_utility) (-g theta)      (first-order utility trace)
+    eta = max u over every weight of the stream               (the global max, per stream)
+    s = sigmoid((u / (1 - beta_utility^t)) / eta)             (t: this stream's step count)
+    theta <- theta (1 - lr weight_decay) - lr (g + sigma xi) (1 - s)
+
+    Useful weights (s near 1) are protected from both the gradient and the noise; the
+    others are perturbed, which keeps them plastic. Where u / (1 - beta^t) is exactly 0 the
+    scaled utility is 0 (s = 1/2) whatever eta, as the formula gives for any eta != 0; the
+    reference's 0 / 0 when eta is 0 would make the weight NaN.
+
+    The noise comes from generators this optimizer owns, one per stream, seeded from the
+    global RNG when it is built; their states are in `state_dict()` (and move with a
+    stream's state), so a loaded optimizer draws what its uninterrupted twin draws. A
+    skipped update (`finite` False) leaves the stream's weights, utilities and step count
+    as they were (its generator still draws, so that nothing waits for the host).
+    """
+
+    vectors = ("avg_utility",)
+    per_step = ("step",)
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        beta_utility: float = 0.0,
+        sigma: float = 1.0,
+        streams: int | None = None,
+    ):
+        super().__init__(
+            params, dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma), streams
+        )
+        device = self.params[0].device
+        self.generators = [
+            torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,)))) for _ in range(streams or 1)
+        ]
+
+    @torch.no_grad()
+    def step(self, taken: torch.Tensor | None = None) -> torch.Tensor:
+        """One update; `taken` (one bool per stream) says which streams step. Returns the lr."""
+        h, params = self.hyper, self.stepping()
+        beta, lr = h["beta_utility"], h["lr"]
+        if taken is None:
+            taken = torch.ones((), dtype=torch.bool, device=params[0].device)
+        taken = taken.reshape(-1)
+        counted = taken.to(params[0].dtype)
+        maxima = []
+        for p in params:
+            utility, grad, theta = self.rows(self.state[p]["avg_utility"]), self.rows(p.grad), self.rows(p)
+            utility.mul_(_per_row(1 - (1 - beta) * counted, utility)).add_(-grad * theta, alpha=1 - beta)
+            self.rows(self.state[p]["step"]).add_(counted)
+            maxima.append(utility.flatten(1).amax(dim=1))
+        global_max = torch.stack(maxima).amax(dim=0)  # (K,): one per stream, on the device
+        for p in params:
+            utility, grad, theta = self.rows(self.state[p]["avg_utility"]), self.rows(p.grad), self.rows(p)
+            steps = self.rows(self.state[p]["step"]).clamp(min=1)  # a stream never stepped: no step either way
+            corrected = utility / _per_row(1 - torch.pow(beta, steps), utility)
+            scaled = torch.where(corrected == 0, 0.0, corrected / _per_row(global_max, utility)).sigmoid_()
+            noise = self._noise(theta) * h["sigma"]
+            change = (grad + noise) * (1 - scaled)
+            theta.mul_(_per_row(1 - lr * h["weight_decay"] * counted, theta))
+            theta.add_(torch.where(_per_row(taken, change), change, 0.0), alpha=-lr)
+        return self.out(params[0].new_full((len(taken),), lr))
+
+    def update(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        return self.step(taken=finite)
+
+    def _noise(self, rows: torch.Tensor) -> torch.Tensor:
+        """A standard normal draw shaped as `rows`, row k from stream k's generator."""
+        return torch.stack(
+            [torch.randn(rows.shape[1:], generator=g, dtype=rows.dtype, device=rows.device) for g in self.generators]
+        )
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generators": [g.get_state() for g in self.generators]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        saved = state_dict.get("generators")
+        if saved is not None:
+            if len(saved) != len(self.generators):
+                raise ValueError(f"{len(saved)} noise generators saved for {len(self.generators)} streams")
+            for generator, state in zip(self.generators, saved):
+                generator.set_state(state.cpu())
+
+    def stream_state_dict(self, k: int) -> dict:
+        return {**super().stream_state_dict(k), "generators": [self.generators[k].get_state()]}
+
+    def load_stream_state(self, k: int, state_dict: dict) -> None:
+        super().load_stream_state(k, state_dict)
+        if state_dict.get("generators") is not None:
+            self.generators[k].set_state(state_dict["generators"][0].cpu())
+
+
 class StreamingSGD(RowOptimizer):
     """Plain SGD at batch size 1 (a skipped update's gradient is already zero)."""
 
@@ -418,6 +544,31 @@ register_optimizer(
 )
 register_optimizer("adam", StreamingAdam, 1e-3, "Adam at batch size 1 (baseline)", stackable=True)
 register_optimizer("sgd", StreamingSGD, 1.0, "plain SGD at batch size 1 (baseline)", stackable=True)
+register_optimizer(
+    "adam-rel",
+    AdamRel,
+    1e-3,
+    "Adam whose bias-correction step restarts at each cut, moments kept (Ellis et al. 2024)",
+    stackable=True,
+)
+
+
+def learner_upgd(params, lr: float = 1.0, streams: int | None = None) -> UPGD:
+    """`--optimizer upgd`: `UPGD` with the utility decay and noise scale of the authors'
+    stand-alone UPGD (their README; also their PPO script): beta_utility 0.999, sigma 1e-3,
+    and no weight decay (the class's). The reference class's defaults (beta_utility 0, sigma
+    1, lr 1e-5) suit a gradient that is not clipped; this learner's is clipped at norm 1 over
+    every weight, as `sgd`'s is, whose lr is 1.0."""
+    return UPGD(params, lr=lr, weight_decay=0.0, beta_utility=0.999, sigma=1e-3, streams=streams)
+
+
+register_optimizer(
+    "upgd",
+    learner_upgd,
+    1.0,
+    "utility-based perturbed gradient descent, first-order global (Elsayed and Mahmood 2024)",
+    stackable=True,
+)
 
 
 def make_optimizer(name: str, params, lr: float, streams: int | None = None) -> StreamingOptimizer:
