@@ -18,7 +18,8 @@ def game_frames() -> dict[str, list]:
 
 
 def singles_and_stack(config: ModelConfig, optimizer: str, count: int = len(GAMES)):
-    """`count` single learners of different initial weights, and a stack of their twins."""
+    """`count` single learners of different initial weights, and a stack of their twins
+    (weights and optimizer state: UPGD's noise generators are optimizer state)."""
     singles = []
     for seed in range(count):
         torch.manual_seed(seed)
@@ -27,6 +28,7 @@ def singles_and_stack(config: ModelConfig, optimizer: str, count: int = len(GAME
     for model in singles:
         twin = StreamingAutoEncoder(config, optimizer=optimizer)
         twin.load_state_dict(model.state_dict())
+        twin.optimizer.load_state_dict(model.optimizer.state_dict())
         twins.append(twin)
     return singles, StreamingAutoEncoder.stack(twins)
 
