@@ -558,7 +558,8 @@ def learner_upgd(params, lr: float = 1.0, streams: int | None = None) -> UPGD:
     stand-alone UPGD (their README; also their PPO script): beta_utility 0.999, sigma 1e-3,
     and no weight decay (the class's). The reference class's defaults (beta_utility 0, sigma
     1, lr 1e-5) suit a gradient that is not clipped; this learner's is clipped at norm 1 over
-    every weight, as `sgd`'s is, whose lr is 1.0."""
+    every weight, as `sgd`'s is, whose lr is 1.0; lr 2 and 4 did no better over 400-600
+    frames of Breakout, Assault and Pacman (one seed each)."""
     return UPGD(params, lr=lr, weight_decay=0.0, beta_utility=0.999, sigma=1e-3, streams=streams)
 
 
