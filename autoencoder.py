@@ -110,7 +110,8 @@ class StreamingAutoEncoder(nn.Module):
         self._network_loss = torch.compile(self._network_loss, dynamic=False) if compile else self._network_loss
         if compile:
             mark_constants_for_compile()
-        self.captured_step = CapturedStep(self._train_step) if use_graph else None
+        generators = list(getattr(self.optimizer, "generators", ()))  # UPGD's noise, drawn inside the graph
+        self.captured_step = CapturedStep(self._train_step, generators) if use_graph else None
         self.performance = PerformanceMonitor()
         self.on_update: list = []
         self._views: dict[int, StreamingAutoEncoder] = {}
@@ -568,8 +569,9 @@ class CapturedStep:
     change a hyper-parameter before the capture, never after.
     """
 
-    def __init__(self, update, warmups: int = 3):
+    def __init__(self, update, generators: list[torch.Generator] = (), warmups: int = 3):
         self.update = update
+        self.generators = list(generators)  # registered with the graph: each replay draws afresh
         self.warmups_left = warmups
         self.graph = None
         self.static_input = None
@@ -591,6 +593,8 @@ class CapturedStep:
             return outputs
         self.static_input = x.clone()
         self.graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
             outputs = self.update(self.static_input)
             self.layout = [(name, t.shape, t.dtype) for name, t in outputs.items()]
