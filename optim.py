@@ -411,22 +411,28 @@ class UPGD(RowOptimizer):
         if taken is None:
             taken = torch.ones((), dtype=torch.bool, device=params[0].device)
         taken = taken.reshape(-1)
-        counted = taken.to(params[0].dtype)
+        dtype = params[0].dtype
+        counted = taken.to(dtype)
+        # each factor rounded from its float64 value, as torch rounds a Python number (the reference's)
+        exact = torch.zeros_like(counted, dtype=torch.float64)
+        decay = torch.where(taken, exact + beta, 1.0).to(dtype)
+        shrink = torch.where(taken, exact + (1 - lr * h["weight_decay"]), 1.0).to(dtype)
         maxima = []
         for p in params:
             utility, grad, theta = self.rows(self.state[p]["avg_utility"]), self.rows(p.grad), self.rows(p)
-            utility.mul_(_per_row(1 - (1 - beta) * counted, utility)).add_(-grad * theta, alpha=1 - beta)
+            utility.mul_(_per_row(decay, utility)).add_(-grad * theta, alpha=1 - beta)
             self.rows(self.state[p]["step"]).add_(counted)
             maxima.append(utility.flatten(1).amax(dim=1))
         global_max = torch.stack(maxima).amax(dim=0)  # (K,): one per stream, on the device
         for p in params:
             utility, grad, theta = self.rows(self.state[p]["avg_utility"]), self.rows(p.grad), self.rows(p)
             steps = self.rows(self.state[p]["step"]).clamp(min=1)  # a stream never stepped: no step either way
-            corrected = utility / _per_row(1 - torch.pow(beta, steps), utility)
+            correction = (1 - torch.pow(beta, steps.to(torch.float64))).to(dtype)
+            corrected = utility / _per_row(correction, utility)
             scaled = torch.where(corrected == 0, 0.0, corrected / _per_row(global_max, utility)).sigmoid_()
             noise = self._noise(theta) * h["sigma"]
             change = (grad + noise) * (1 - scaled)
-            theta.mul_(_per_row(1 - lr * h["weight_decay"] * counted, theta))
+            theta.mul_(_per_row(shrink, theta))
             theta.add_(torch.where(_per_row(taken, change), change, 0.0), alpha=-lr)
         return self.out(params[0].new_full((len(taken),), lr))
 
