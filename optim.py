@@ -422,7 +422,7 @@ class UPGD(RowOptimizer):
             utility, grad, theta = self.rows(self.state[p]["avg_utility"]), self.rows(p.grad), self.rows(p)
             utility.mul_(_per_row(decay, utility)).add_(-grad * theta, alpha=1 - beta)
             self.rows(self.state[p]["step"]).add_(counted)
-            maxima.append(utility.flatten(1).amax(dim=1))
+            maxima.append(utility.reshape(len(utility), -1).amax(dim=1))  # a 0-d parameter too
         global_max = torch.stack(maxima).amax(dim=0)  # (K,): one per stream, on the device
         for p in params:
             utility, grad, theta = self.rows(self.state[p]["avg_utility"]), self.rows(p.grad), self.rows(p)
