@@ -10,6 +10,7 @@ import torch
 from test_methods import TINY, frames, learners, plain_twin, relative
 
 from autoencoder import StreamingAutoEncoder
+from methods import METHODS, parse_options
 from model import ModelConfig, hidden_layers
 
 CBP = {"replacement_rate": 0.3, "maturity_threshold": 2, "decay_rate": 0.5}
@@ -280,3 +281,13 @@ def test_a_loaded_learner_continues_as_its_uninterrupted_twin(method, options):
     assert torch.equal(loaded.flat_params, learner.flat_params)
     for key, value in learner.method.state_dict().items():
         assert torch.equal(loaded.method.state_dict()[key], value)
+
+
+def test_options_parse_with_their_types_and_bad_values_are_refused():
+    options = parse_options("cbp", ["replacement_rate=1e-3", "maturity_threshold=50", "decay_rate=0"])
+    assert (options.replacement_rate, options.maturity_threshold, options.decay_rate) == (1e-3, 50, 0.0)
+    assert parse_options("redo", {"threshold": "0.05", "every": "200"}) == METHODS["redo"].Options(0.05, 200)
+    with pytest.raises(ValueError, match="decay_rate"):
+        StreamingAutoEncoder(TINY, method="cbp", method_options={"decay_rate": 1.0})
+    with pytest.raises(ValueError, match="every"):
+        StreamingAutoEncoder(TINY, method="redo", method_options={"every": 0})
