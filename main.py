@@ -392,6 +392,7 @@ def run_locked(config: Config, given: set[str]) -> int:
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
+        stop.ignore_further()
     ended = f"stopped by {stop.reason}" if stop else f"reached step {model.step}"
     redraws = f" ({view.viewer.redraws} window redraws)" if view.viewer is not None else ""
     print(f"{ended}; saved {saver.path} at step {model.step}{redraws}")

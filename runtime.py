@@ -248,6 +248,14 @@ class StopFlag:
     def __bool__(self) -> bool:
         return self.reason is not None
 
+    def ignore_further(self) -> None:
+        """After the final save: ignore SIGINT/SIGTERM for the rest of the process. While the
+        interpreter shuts down, Python puts its own handlers back to the default one (but leaves
+        an ignored signal ignored), so a repeated Ctrl+C arriving then would kill a run that
+        has already saved and finished."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
 
 def quiet_tensorboard_thread(args) -> None:
     """threading.excepthook: TensorBoard's writer thread re-raises its write error in the
