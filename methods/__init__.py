@@ -104,6 +104,36 @@ def make_method(name: str, learner, options: object = None) -> Method:
     return METHODS[name](learner, options)
 
 
+def stream_generators(streams: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per stream, each seeded from the global RNG, so that torch.manual_seed
+    makes a method's draws reproducible."""
+    return [torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,)))) for _ in range(streams)]
+
+
+def generator_states(generators: list[torch.Generator]) -> torch.Tensor:
+    return torch.stack([g.get_state() for g in generators])
+
+
+def load_generator_states(generators: list[torch.Generator], states: torch.Tensor) -> None:
+    for g, saved in zip(generators, states):
+        g.set_state(saved.clone())  # a row at an offset: set_state reads from its storage start
+
+
+def uniform_rows(shape: tuple, bound: float, generators: list[torch.Generator], drawing) -> torch.Tensor:
+    """(K, *shape[1:]) float64: uniform in +-bound for each stream k with `drawing[k]`, from its
+    own generator; zeros for the others, which draw nothing (so a stream's draws do not
+    depend on the other streams)."""
+    rows = []
+    for draws, g in zip(drawing, generators):
+        if draws:
+            rows.append(
+                torch.rand(shape[1:], generator=g, device=g.device, dtype=torch.float64).mul_(2 * bound).sub_(bound)
+            )
+        else:
+            rows.append(torch.zeros(shape[1:], device=g.device, dtype=torch.float64))
+    return torch.stack(rows)
+
+
 def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """K methods' states (each with a leading dimension of 1) as one K-stream state."""
     return {key: torch.cat([state[key] for state in states]) for key in states[0]}

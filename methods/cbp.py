@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from methods import Method, register_method
+from methods import Method, generator_states, load_generator_states, register_method, stream_generators, uniform_rows
 from model import hidden_layers
 
 
@@ -81,9 +81,7 @@ class ContinualBackprop(Method):
         # the host's copy of each layer's multiset of ages (which unit has which age is the device's)
         self.host_ages = {n: np.zeros((self.streams, c), dtype=np.int64) for n, c in self.widths.items()}
         self.accumulated = np.zeros((self.streams, len(self.layers)))
-        self.generators = [
-            torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,)))) for _ in range(self.streams)
-        ]
+        self.generators = stream_generators(self.streams, device)
 
     @torch.no_grad()
     def after_step(self, learner, finite: torch.Tensor, hidden: dict | None) -> dict[str, torch.Tensor]:
@@ -130,20 +128,12 @@ class ContinualBackprop(Method):
         """Uniform in +-sqrt(1 / fan_in), from each replacing stream's generator only."""
 
         def draw(shape, fan_in):
-            bound = math.sqrt(1 / fan_in)
-            rows = []
-            for k, g in enumerate(self.generators):
-                if n[k]:
-                    u = torch.rand(shape[1:], generator=g, device=g.device, dtype=torch.float64)
-                    rows.append(u.mul_(2 * bound).sub_(bound))
-                else:
-                    rows.append(torch.zeros(shape[1:], device=g.device, dtype=torch.float64))
-            return torch.stack(rows)
+            return uniform_rows(shape, math.sqrt(1 / fan_in), self.generators, n)
 
         return draw
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"generator": torch.stack([g.get_state() for g in self.generators])}
+        state = {"generator": generator_states(self.generators)}
         state["accumulated"] = torch.tensor(self.accumulated, dtype=torch.float64)
         for name in self.layers:
             state[f"utility/{name}"] = self.utility[name]
@@ -151,8 +141,7 @@ class ContinualBackprop(Method):
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for g, saved in zip(self.generators, state["generator"]):
-            g.set_state(saved.clone())
+        load_generator_states(self.generators, state["generator"])
         self.accumulated = state["accumulated"].double().cpu().numpy().copy()
         for name in self.layers:
             self.utility[name].copy_(state[f"utility/{name}"])

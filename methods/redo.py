@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import Method, register_method
+from methods import Method, generator_states, load_generator_states, register_method, stream_generators, uniform_rows
 from model import hidden_layers
 
 
@@ -60,9 +60,7 @@ class ReDo(Method):
         device, dtype = learner.device, learner.flat_params.dtype
         self.activity = {n: torch.zeros(self.streams, c, device=device, dtype=dtype) for n, c in widths.items()}
         self.frames = torch.zeros(self.streams, device=device, dtype=dtype)
-        self.generators = [
-            torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,)))) for _ in range(self.streams)
-        ]
+        self.generators = stream_generators(self.streams, device)
 
     def scores(self) -> dict[str, torch.Tensor]:
         """Each layer's (K, H) scores from the running means."""
@@ -104,26 +102,17 @@ class ReDo(Method):
 
         def draw(shape, fan_in):
             fan_out = shape[1] * math.prod(shape[3:])
-            bound = math.sqrt(6 / (fan_in + fan_out))
-            rows = []
-            for r, g in zip(recycling, self.generators):
-                if r:
-                    u = torch.rand(shape[1:], generator=g, device=g.device, dtype=torch.float64)
-                    rows.append(u.mul_(2 * bound).sub_(bound))
-                else:
-                    rows.append(torch.zeros(shape[1:], device=g.device, dtype=torch.float64))
-            return torch.stack(rows)
+            return uniform_rows(shape, math.sqrt(6 / (fan_in + fan_out)), self.generators, recycling)
 
         return draw
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"generator": torch.stack([g.get_state() for g in self.generators]), "frames": self.frames}
+        state = {"generator": generator_states(self.generators), "frames": self.frames}
         state.update({f"activity/{name}": activity for name, activity in self.activity.items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for g, saved in zip(self.generators, state["generator"]):
-            g.set_state(saved.clone())
+        load_generator_states(self.generators, state["generator"])
         self.frames.copy_(state["frames"])
         for name, activity in self.activity.items():
             activity.copy_(state[f"activity/{name}"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import Method, register_method
+from methods import Method, generator_states, load_generator_states, register_method, stream_generators
 
 
 @register_method
@@ -30,9 +30,7 @@ class ShrinkPerturb(Method):
     def __init__(self, learner, options: Options):
         super().__init__(learner, options)
         device = learner.device
-        self.generators = [
-            torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,)))) for _ in range(self.streams)
-        ]
+        self.generators = stream_generators(self.streams, device)
 
     @torch.no_grad()
     def after_step(self, learner, finite: torch.Tensor, hidden: dict | None) -> dict[str, torch.Tensor]:
@@ -48,8 +46,7 @@ class ShrinkPerturb(Method):
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": torch.stack([g.get_state() for g in self.generators])}
+        return {"generator": generator_states(self.generators)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for g, saved in zip(self.generators, state["generator"]):
-            g.set_state(saved.clone())
+        load_generator_states(self.generators, state["generator"])
