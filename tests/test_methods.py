@@ -162,6 +162,8 @@ def test_a_unit_reset_leaves_the_output_and_other_units_state_alone(streams):
             learner.rows(modules[spec.read_by].weight)[0, :, 0] = 0.0  # unit 0 of stream 0, silenced by hand
     probe = frames(streams, 9) if streams > 1 else frames(1, 9)
     before = learner.network(probe)[0]
+    with torch.no_grad():
+        learner.flat_params.copy_(weights)  # the reset itself must silence them
     for layer, spec in hidden_layers(config).items():
         units = torch.zeros(streams, learner.rows(modules[spec.read_by].weight).shape[2], dtype=torch.bool)
         units[0, 0] = True
